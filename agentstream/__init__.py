@@ -1,0 +1,1 @@
+"""agentstream: real-time trading streams."""

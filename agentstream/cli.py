@@ -1,0 +1,147 @@
+"""Command line: ``agentstream serve`` (the simulated exchange) and ``agentstream demo``.
+
+Example:
+    $ agentstream serve --port 8000 --speed 60
+    $ agentstream demo --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from agentstream.sim import DEMO_API_KEY, SimConfig, SimExchange
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def _sim_config(args: argparse.Namespace) -> SimConfig:
+    keys = {k: Decimal(args.cash) for k in (args.key or [DEMO_API_KEY])}
+    return SimConfig(
+        host=args.host,
+        port=args.port,
+        api_keys=keys,
+        tick_rate=args.rate,
+        speed=args.speed,
+        seed=args.seed,
+        ping_interval=args.ping_interval,
+        pong_timeout=args.pong_timeout,
+        subscription_limit=args.subscription_limit,
+        auth_failure=args.auth_failure,
+        firehose=args.firehose,
+    )
+
+
+def _add_sim_options(p: argparse.ArgumentParser, *, port: int, rate: float, speed: float) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=port, help=f"port (default {port}; 0 = any free)")
+    p.add_argument(
+        "--rate", type=float, default=rate, help=f"trades per second, all pairs (default {rate:g})"
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=speed,
+        help=f"simulated seconds per real second (default {speed:g})",
+    )
+    p.add_argument("--seed", type=int, default=42, help="random seed of the market (default 42)")
+    p.add_argument(
+        "--key",
+        action="append",
+        metavar="API_KEY",
+        help=f"accept this API key (repeatable; default the demo key {DEMO_API_KEY})",
+    )
+    p.add_argument(
+        "--cash", default="10000", help="starting cash of each key's account (default 10000)"
+    )
+    p.add_argument(
+        "--ping-interval", type=float, default=30.0, help="seconds between pings (default 30)"
+    )
+    p.add_argument(
+        "--pong-timeout", type=float, default=10.0, help="seconds a pong may be late (default 10)"
+    )
+    p.add_argument(
+        "--subscription-limit",
+        type=int,
+        default=10,
+        help="subscriptions per connection (default 10)",
+    )
+    p.add_argument(
+        "--auth-failure",
+        choices=("http", "close"),
+        default="http",
+        help="refuse a bad key with HTTP 403 (default) or accept and close with 4401",
+    )
+    p.add_argument(
+        "--firehose",
+        action="store_true",
+        help="benchmark mode: ticker_all subscribers get frames as fast as they can read",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentstream", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the simulated exchange")
+    _add_sim_options(serve, port=8000, rate=200.0, speed=1.0)
+    demo = sub.add_parser(
+        "demo", help="live demo: the simulated exchange and a client printing its stream"
+    )
+    _add_sim_options(demo, port=0, rate=300.0, speed=60.0)
+    demo.add_argument(
+        "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)"
+    )
+    return parser
+
+
+async def _serve(config: SimConfig) -> None:
+    async with SimExchange(config) as sim:
+        print(f"simulated exchange on {sim.url}/ws/v1  (REST {sim.http_url}/api/v1)", flush=True)
+        print(f"demo API key: {DEMO_API_KEY}   Ctrl-C to stop", flush=True)
+        await _wait_for_signal()
+
+
+async def _wait_for_signal() -> None:
+    """Block until SIGINT/SIGTERM (Ctrl-C), then return so everything closes cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agentstream`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = _sim_config(args)
+    try:
+        if args.command == "serve":
+            asyncio.run(_serve(config))
+        elif args.command == "demo":
+            from agentstream._demo import run_demo
+
+            asyncio.run(run_demo(config, seconds=args.seconds, stop_signal=_wait_for_signal))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"agentstream: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1073 @@
+"""The simulated exchange: an aiohttp server that speaks the AgentExchange protocol.
+
+It is the embedded default of the demo, the examples, the test suite and the benchmarks,
+and a product feature in its own right: users point their bots at it before risking
+money, and use its fault injection to see how their bots behave when things go wrong.
+
+Layout of one connection: the handler task reads frames and answers control messages;
+a writer task owns everything sent (frames queued by the market, the order engine and
+the handler go out in order, many frames per socket write); a heartbeat task pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from agentstream._redact import mask_secret
+from agentstream.sim.accounts import Account, Order, OrderError
+from agentstream.sim.market import INTERVAL_MS, Market, Tick, format_units, iso_ms
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+log = logging.getLogger("agentstream.sim")
+
+#: An API key that every simulated exchange accepts unless configured otherwise.
+DEMO_API_KEY = "ak_demo_agentstream"
+
+ERROR_INVALID_CHANNEL = "INVALID_CHANNEL"
+ERROR_SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
+ERROR_UNKNOWN_ACTION = "UNKNOWN_ACTION"
+
+#: Close code the platform uses for a rejected API key after accepting the socket.
+CLOSE_AUTH_FAILED = 4401
+#: Close code the sim uses when a client's pong is late (the platform's is unspecified).
+CLOSE_PONG_TIMEOUT = 4408
+
+_PING = b'{"type":"ping"}'
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    """Settings of a :class:`SimExchange`. All times are real seconds.
+
+    Example:
+        >>> SimConfig(tick_rate=1000, speed=60).speed
+        60
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: Valid API keys and each key's starting cash in USDT.
+    api_keys: Mapping[str, Decimal] = field(
+        default_factory=lambda: {DEMO_API_KEY: Decimal("10000")}
+    )
+    #: Trades per second across all pairs.
+    tick_rate: float = 200.0
+    #: Simulated seconds per real second (60 closes a 1m candle every second).
+    speed: float = 1.0
+    seed: int = 42
+    pairs: int = 620
+    ping_interval: float = 30.0
+    pong_timeout: float = 10.0
+    subscription_limit: int = 10
+    #: How a bad key is refused: HTTP 403 at the handshake, or accept and close with 4401.
+    auth_failure: Literal["http", "close"] = "http"
+    candle_intervals: tuple[str, ...] = tuple(INTERVAL_MS)
+    portfolio_interval: float = 5.0
+    #: How often the order engine advances each open order by one step.
+    order_interval: float = 0.2
+    #: Orders above this notional (USDT) fill in two steps, the first ``partially_filled``.
+    partial_fill_notional: Decimal = Decimal("2500")
+    #: Market step: how often ticks are generated and candles closed.
+    step_interval: float = 0.02
+    #: Benchmark mode: ``ticker_all`` subscribers get pre-encoded frames as fast as their
+    #: socket takes them, instead of the market's rate.
+    firehose: bool = False
+    #: Frames a connection may have queued before it is dropped as a slow consumer.
+    max_queue: int = 500_000
+    max_client_message: int = 64 * 1024
+
+
+@dataclass
+class ConnectionRecord:
+    """What the sim saw of one WebSocket connection (for tests and the admin endpoint)."""
+
+    id: int
+    opened_at: float
+    api_key: str
+    subscribe_requests: list[str] = field(default_factory=list)
+    unsubscribe_requests: list[str] = field(default_factory=list)
+    pongs: int = 0
+    closed_at: float | None = None
+    close_reason: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+
+@dataclass
+class SimStats:
+    """Counters of a running :class:`SimExchange`."""
+
+    handshakes: int = 0
+    handshakes_refused: int = 0
+    auth_failures: int = 0
+    connections_opened: int = 0
+    frames_sent: int = 0
+    ticks: int = 0
+
+
+def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """An unmasked, final WebSocket frame (server to client)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
+
+
+class _Conn:
+    __slots__ = (
+        "account",
+        "outq",
+        "pong",
+        "record",
+        "request",
+        "resumed",
+        "silent",
+        "sim",
+        "subs",
+        "tasks",
+        "wake",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        sim: SimExchange,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        account: Account,
+        record: ConnectionRecord,
+    ) -> None:
+        self.sim = sim
+        self.ws = ws
+        self.request = request
+        self.account = account
+        self.record = record
+        self.subs: set[str] = set()
+        self.outq: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+        self.pong = asyncio.Event()
+        self.silent = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def send(self, payload: bytes) -> None:
+        """Queue a text frame; the writer task sends it. Never blocks."""
+        if self.silent or self.ws.closed:
+            return
+        if len(self.outq) >= self.sim.config.max_queue:
+            log.warning(
+                "connection %d: slow consumer, %d frames queued; dropping it",
+                self.record.id,
+                len(self.outq),
+            )
+            self.abort()
+            return
+        self.outq.append(_frame(payload))
+        self.wake.set()
+
+    def send_frame(self, frame: bytes) -> None:
+        self.outq.append(frame)
+        self.wake.set()
+
+    def silence(self) -> None:
+        self.silent = True
+        self.resumed.clear()
+        self.outq.clear()
+        transport = self.request.transport
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.pause_reading()
+
+    def is_silent(self) -> bool:
+        return self.silent
+
+    def resume(self) -> None:
+        self.silent = False
+        transport = self.request.transport
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.resume_reading()
+        self.resumed.set()
+
+    def abort(self, reset: bool = True) -> None:
+        """Close the TCP connection at once, with a RST when ``reset``."""
+        transport = self.request.transport
+        if transport is None:
+            return
+        if reset:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+    async def writer(self) -> None:
+        transport = self.request.transport
+        stats = self.sim.stats
+        outq = self.outq
+        while True:
+            if not outq:
+                self.wake.clear()
+                await self.wake.wait()
+            if self.silent:
+                await self.resumed.wait()
+                continue
+            if transport is None or transport.is_closing():
+                return
+            n = len(outq)
+            data = b"".join([outq.popleft() for _ in range(n)])
+            stats.frames_sent += n
+            transport.write(data)
+            with contextlib.suppress(ConnectionError):
+                await self.request.writer.drain()
+
+    async def heartbeat(self) -> None:
+        cfg = self.sim.config
+        while True:
+            await asyncio.sleep(cfg.ping_interval)
+            if self.silent:
+                continue
+            self.pong.clear()
+            self.send(_PING)
+            try:
+                await asyncio.wait_for(self.pong.wait(), cfg.pong_timeout)
+            except TimeoutError:
+                if self.is_silent():  # it may have gone silent while we waited
+                    continue
+                log.info("connection %d: pong late, dropping it", self.record.id)
+                self.record.close_reason = "pong timeout"
+                await self.ws.close(code=CLOSE_PONG_TIMEOUT, message=b"pong timeout")
+                return
+
+    async def firehose(self, chunks: list[bytes]) -> None:
+        """Benchmark mode: write pre-encoded ticker frames as fast as the socket drains."""
+        transport = self.request.transport
+        writer = self.request.writer
+        stats = self.sim.stats
+        per_chunk = self.sim._firehose_per_chunk
+        while transport is not None and not transport.is_closing():
+            for chunk in chunks:
+                if self.silent:
+                    await self.resumed.wait()
+                transport.write(chunk)
+                stats.frames_sent += per_chunk
+                await writer.drain()
+                await asyncio.sleep(0)
+
+
+class SimExchange:
+    """The simulated AgentExchange server, in-process.
+
+    Use it as an async context manager; it listens on ``config.host`` and ``config.port``
+    (port 0 picks a free one) and exposes the URL to give a client.
+
+    Example:
+        >>> async def main() -> None:
+        ...     async with SimExchange(speed=60) as sim:
+        ...         print(sim.url)  # ws://127.0.0.1:<port>
+        ...         order = await sim.place_order(DEMO_API_KEY, symbol="BTCUSDT",
+        ...                                       side="buy", type="market", quantity="0.01")
+
+    Args:
+        config: a full :class:`SimConfig`; keyword arguments override single fields.
+    """
+
+    def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
+        self.config = replace(config or SimConfig(), **overrides)
+        self.market = Market(
+            seed=self.config.seed, n_pairs=self.config.pairs, intervals=self.config.candle_intervals
+        )
+        self.accounts: dict[str, Account] = {
+            k: Account(k, Decimal(v)) for k, v in self.config.api_keys.items()
+        }
+        self.stats = SimStats()
+        self.connection_log: deque[ConnectionRecord] = deque(maxlen=10_000)
+        self._revoked: set[str] = set()
+        self._conns: set[_Conn] = set()
+        self._subs: dict[str, set[_Conn]] = {}
+        self._runner: web.AppRunner | None = None
+        self._port = self.config.port
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refuse_status: int | None = None
+        self._refuse_until: float | None = None
+        self._refuse_count: int | None = None
+        self._silence_handle: asyncio.TimerHandle | None = None
+        self._t0 = 0.0
+        self._sim0_ms = int(time.time() * 1000)
+        self._buckets: dict[str, int] = {}
+        self._firehose_chunks: list[bytes] = []
+        self._firehose_per_chunk = 128
+        self._next_conn_id = 0
+        self._candle_keys: dict[str, list[tuple[str, str]]] = {
+            sym: [(iv, f"candles:{sym}:{iv}") for iv in self.config.candle_intervals]
+            for sym in self.market.pairs
+        }
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (known once started)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base WebSocket URL to give a client, e.g. ``ws://127.0.0.1:8000``."""
+        return f"ws://{self.config.host}:{self._port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the REST API, e.g. ``http://127.0.0.1:8000``."""
+        return f"http://{self.config.host}:{self._port}"
+
+    def ws_url(self, api_key: str = DEMO_API_KEY) -> str:
+        """The full endpoint URL with ``api_key`` (for plain WebSocket clients)."""
+        return f"{self.url}/ws/v1?api_key={api_key}"
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def __aenter__(self) -> SimExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start listening (again, on the same port after :meth:`stop`)."""
+        if self._runner is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._t0:
+            self._t0 = loop.time()
+            now = self.now_ms()
+            self._buckets = {iv: now - now % INTERVAL_MS[iv] for iv in self.config.candle_intervals}
+        if self.config.firehose and not self._firehose_chunks:
+            self._build_firehose()
+        app = web.Application()
+        app.router.add_get("/ws/v1", self._ws_handler)
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/api/v1/trade/order", self._rest_place)
+        app.router.add_get("/api/v1/trade/orders", self._rest_orders)
+        app.router.add_get("/api/v1/trade/order/{order_id}", self._rest_order)
+        app.router.add_delete("/api/v1/trade/order/{order_id}", self._rest_cancel)
+        app.router.add_get("/api/v1/account/portfolio", self._rest_portfolio)
+        app.router.add_get("/api/v1/market/pairs", self._rest_pairs)
+        app.router.add_get("/api/v1/market/price/{symbol}", self._rest_price)
+        app.router.add_get("/admin/state", self._admin_state)
+        app.router.add_post("/admin/fault/{fault}", self._admin_fault)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self._port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        server = site._server
+        if self._port == 0 and server is not None:
+            sockets = getattr(server, "sockets", None) or []
+            self._port = sockets[0].getsockname()[1]
+        self._runner = runner
+        self._tasks = [
+            asyncio.create_task(self._market_loop(), name="sim-market"),
+            asyncio.create_task(self._order_loop(), name="sim-orders"),
+            asyncio.create_task(self._portfolio_loop(), name="sim-portfolio"),
+        ]
+        log.info("simulated exchange listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop listening and drop every connection (TCP closed, no close frame).
+
+        The market, accounts and orders are kept; :meth:`start` resumes on the same port.
+        """
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        for t in self._tasks:
+            t.cancel()
+        for conn in list(self._conns):
+            conn.record.close_reason = "server stopped"
+            conn.abort(reset=False)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await runner.cleanup()
+
+    async def close(self) -> None:
+        """Stop for good (same as :meth:`stop`, plus cancelling pending fault timers)."""
+        if self._silence_handle is not None:
+            self._silence_handle.cancel()
+        await self.stop()
+
+    async def restart(self, downtime: float = 0.0) -> None:
+        """Fault: stop the server, stay down ``downtime`` seconds, start on the same port."""
+        await self.stop()
+        if downtime:
+            await asyncio.sleep(downtime)
+        await self.start()
+
+    def now_ms(self) -> int:
+        """Simulated time in milliseconds since the epoch."""
+        elapsed = asyncio.get_running_loop().time() - self._t0
+        return self._sim0_ms + int(elapsed * self.config.speed * 1000)
+
+    # -- accounts ---------------------------------------------------------------------
+
+    def add_key(self, api_key: str, cash: Decimal | str = "10000") -> Account:
+        """Accept a new API key with its own paper account."""
+        acct = self.accounts.get(api_key)
+        if acct is None:
+            acct = self.accounts[api_key] = Account(api_key, Decimal(cash))
+        self._revoked.discard(api_key)
+        return acct
+
+    async def place_order(self, api_key: str, **order: str) -> dict[str, Any]:
+        """Place an order for ``api_key`` in-process (as the REST API does).
+
+        Raises:
+            OrderError: the order is refused; nothing changed.
+        """
+        acct = self._account_or_raise(api_key)
+        placed = acct.place(self.market, **order)
+        self._push_orders(acct, [placed])
+        return placed.event()
+
+    async def cancel_order(self, api_key: str, order_id: str) -> dict[str, Any]:
+        """Cancel an open order in-process (as the REST API does)."""
+        acct = self._account_or_raise(api_key)
+        order = acct.cancel(order_id, self.now_ms())
+        self._push_orders(acct, [order])
+        return order.event()
+
+    def portfolio(self, api_key: str) -> dict[str, str]:
+        """The current portfolio snapshot of ``api_key``."""
+        return self._snapshot(self._account_or_raise(api_key))
+
+    def _account_or_raise(self, api_key: str) -> Account:
+        acct = self.accounts.get(api_key)
+        if acct is None or api_key in self._revoked:
+            raise OrderError("UNAUTHORIZED", "invalid API key", status=401)
+        return acct
+
+    # -- faults -----------------------------------------------------------------------
+
+    async def drop_connections(self, code: int | None = None, reason: str = "") -> int:
+        """Fault: drop every WebSocket connection; return how many were dropped.
+
+        Args:
+            code: close with this WebSocket close code (1000, 1001, 1011, 1012, ...), or,
+                when None, reset the TCP connection with no close frame at all.
+        """
+        conns = list(self._conns)
+        for conn in conns:
+            conn.record.close_reason = f"dropped ({code if code is not None else 'reset'})"
+            if code is None:
+                conn.abort()
+        if code is not None:
+            await asyncio.gather(
+                *(c.ws.close(code=code, message=reason.encode()) for c in conns),
+                return_exceptions=True,
+            )
+        return len(conns)
+
+    def go_silent(self, seconds: float | None = None) -> int:
+        """Fault: the current connections stop sending and reading, TCP stays open.
+
+        A black hole, as a dead NAT entry or a hung server looks to a client. New
+        connections are served normally, so a client that gives up on the silent socket
+        and reconnects gets data again. Returns how many connections went silent.
+
+        Args:
+            seconds: resume them after this long; None keeps them silent until
+                :meth:`resume` or until the client leaves.
+        """
+        conns = [c for c in self._conns if not c.silent]
+        for conn in conns:
+            conn.silence()
+        if seconds is not None:
+            if self._silence_handle is not None:
+                self._silence_handle.cancel()
+            self._silence_handle = asyncio.get_running_loop().call_later(seconds, self.resume)
+        return len(conns)
+
+    def resume(self) -> None:
+        """End :meth:`go_silent`."""
+        for conn in self._conns:
+            if conn.silent:
+                conn.resume()
+
+    def send_raw(self, payload: bytes | str, *, binary: bool = False) -> int:
+        """Fault: send ``payload`` as one frame to every connection, as is.
+
+        Use it for malformed frames: invalid JSON, JSON of the wrong shape, a binary frame
+        (``binary=True``), or invalid UTF-8 in a text frame (``bytes`` with ``binary=False``).
+        """
+        data = payload.encode() if isinstance(payload, str) else payload
+        frame = _frame(data, 0x2 if binary else 0x1)
+        for conn in self._conns:
+            conn.send_frame(frame)
+        return len(self._conns)
+
+    def refuse_handshakes(
+        self, status: int = 503, *, seconds: float | None = None, count: int | None = None
+    ) -> None:
+        """Fault: answer WebSocket handshakes with HTTP ``status``.
+
+        For ``seconds``, or for the next ``count`` attempts, or until
+        :meth:`accept_handshakes` when neither is given.
+        """
+        self._refuse_status = status
+        loop = asyncio.get_running_loop()
+        self._refuse_until = loop.time() + seconds if seconds is not None else None
+        self._refuse_count = count
+
+    def accept_handshakes(self) -> None:
+        """End :meth:`refuse_handshakes`."""
+        self._refuse_status = None
+        self._refuse_until = None
+        self._refuse_count = None
+
+    async def revoke_key(self, api_key: str) -> int:
+        """Fault: reject ``api_key`` from now on; its open connections are closed with 4401.
+
+        Returns how many connections were closed. :meth:`add_key` restores the key.
+        """
+        self._revoked.add(api_key)
+        conns = [c for c in self._conns if c.account.api_key == api_key]
+        for c in conns:
+            c.record.close_reason = "key revoked"
+        await asyncio.gather(
+            *(c.ws.close(code=CLOSE_AUTH_FAILED, message=b"API key revoked") for c in conns),
+            return_exceptions=True,
+        )
+        return len(conns)
+
+    # -- introspection ----------------------------------------------------------------
+
+    def open_connections(self) -> list[ConnectionRecord]:
+        """Records of the connections open now."""
+        return [c.record for c in self._conns]
+
+    def subscriptions(self) -> list[set[str]]:
+        """The channel keys each open connection is subscribed to."""
+        return [set(c.subs) for c in self._conns]
+
+    # -- WebSocket endpoint -----------------------------------------------------------
+
+    def _refusing(self) -> int | None:
+        status = self._refuse_status
+        if status is None:
+            return None
+        if (
+            self._refuse_until is not None
+            and asyncio.get_running_loop().time() >= self._refuse_until
+        ):
+            self.accept_handshakes()
+            return None
+        if self._refuse_count is not None:
+            if self._refuse_count <= 0:
+                self.accept_handshakes()
+                return None
+            self._refuse_count -= 1
+        return status
+
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        self.stats.handshakes += 1
+        status = self._refusing()
+        if status is not None:
+            self.stats.handshakes_refused += 1
+            return web.Response(status=status, text=f"refused by fault injection ({status})")
+        key = request.query.get("api_key", "")
+        account = self.accounts.get(key) if key not in self._revoked else None
+        if account is None:
+            self.stats.auth_failures += 1
+            if self.config.auth_failure == "http":
+                return web.Response(status=403, text="invalid API key")
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            await ws.close(code=CLOSE_AUTH_FAILED, message=b"invalid API key")
+            return ws
+        ws = web.WebSocketResponse(
+            autoping=True, max_msg_size=self.config.max_client_message, compress=False
+        )
+        await ws.prepare(request)
+        self._next_conn_id += 1
+        self.stats.connections_opened += 1
+        record = ConnectionRecord(self._next_conn_id, time.monotonic(), mask_secret(key))
+        self.connection_log.append(record)
+        conn = _Conn(self, ws, request, account, record)
+        self._conns.add(conn)
+        conn.tasks = [
+            asyncio.create_task(conn.writer(), name=f"sim-writer-{record.id}"),
+            asyncio.create_task(conn.heartbeat(), name=f"sim-heartbeat-{record.id}"),
+        ]
+        try:
+            while True:
+                msg = await ws.receive()
+                if conn.silent:
+                    await conn.resumed.wait()
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    self._on_client_message(conn, msg.data)
+                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
+                elif msg.type is WSMsgType.ERROR:
+                    record.close_reason = record.close_reason or f"error: {ws.exception()!r}"
+                    break
+        finally:
+            record.closed_at = time.monotonic()
+            self._conns.discard(conn)
+            for key_ in conn.subs:
+                subs = self._subs.get(key_)
+                if subs is not None:
+                    subs.discard(conn)
+            for t in conn.tasks:
+                t.cancel()
+            await asyncio.gather(*conn.tasks, return_exceptions=True)
+        return ws
+
+    def _on_client_message(self, conn: _Conn, raw: str | bytes) -> None:
+        try:
+            msg = _json_decode(raw)
+        except msgspec.DecodeError:
+            conn.send(_error(ERROR_UNKNOWN_ACTION, "malformed JSON: expected one JSON object"))
+            return
+        if not isinstance(msg, dict):
+            conn.send(_error(ERROR_UNKNOWN_ACTION, "a message must be a JSON object"))
+            return
+        action = msg.get("action")
+        if action == "pong" or (action is None and msg.get("type") == "pong"):
+            conn.record.pongs += 1
+            conn.pong.set()
+            return
+        if action not in ("subscribe", "unsubscribe"):
+            conn.send(_error(ERROR_UNKNOWN_ACTION, f"unknown action {action!r}"))
+            return
+        key, problem = self._channel_key(msg)
+        if key is None:
+            conn.send(_error(ERROR_INVALID_CHANNEL, problem, channel=_raw_channel(msg)))
+            return
+        if action == "subscribe":
+            conn.record.subscribe_requests.append(key)
+            if key not in conn.subs:
+                if len(conn.subs) >= self.config.subscription_limit:
+                    conn.send(
+                        _error(
+                            ERROR_SUBSCRIPTION_LIMIT,
+                            f"subscription limit of {self.config.subscription_limit} per "
+                            f"connection reached; {key} not subscribed",
+                            channel=key,
+                        )
+                    )
+                    return
+                conn.subs.add(key)
+                self._subs.setdefault(key, set()).add(conn)
+            conn.send(_json_encode({"type": "subscribed", "channel": key}))
+            if key == "ticker:all" and self.config.firehose:
+                conn.tasks.append(asyncio.create_task(conn.firehose(self._firehose_chunks)))
+        else:
+            conn.record.unsubscribe_requests.append(key)
+            if key in conn.subs:
+                conn.subs.discard(key)
+                self._subs.get(key, set()).discard(conn)
+            conn.send(_json_encode({"type": "unsubscribed", "channel": key}))
+
+    def _channel_key(self, msg: dict[str, Any]) -> tuple[str | None, str]:
+        """The server's key for the channel ``msg`` names, or None and the reason."""
+        channel = msg.get("channel")
+        if not isinstance(channel, str) or not channel:
+            return None, "missing channel"
+        symbol = msg.get("symbol")
+        interval = msg.get("interval")
+        if ":" in channel:  # the older SDK's combined form: "ticker:BTCUSDT", "candles:X:1m"
+            parts = channel.split(":")
+            channel = parts[0]
+            if len(parts) > 1:
+                symbol = parts[1]
+            if len(parts) > 2:
+                interval = parts[2]
+        if channel in ("orders", "portfolio"):
+            return channel, ""
+        if channel == "ticker_all":
+            return "ticker:all", ""
+        if channel not in ("ticker", "candles"):
+            return None, f"unknown channel {channel!r}"
+        if not isinstance(symbol, str) or not symbol:
+            return None, f"channel {channel!r} needs a symbol"
+        sym = symbol.upper()
+        if channel == "ticker":
+            if sym == "ALL":
+                return "ticker:all", ""
+            if sym not in self.market.pairs:
+                return None, f"unknown symbol {symbol!r}"
+            return f"ticker:{sym}", ""
+        if sym not in self.market.pairs:
+            return None, f"unknown symbol {symbol!r}"
+        if interval not in self.config.candle_intervals:
+            return None, (
+                f"invalid interval {interval!r}; use one of "
+                + ", ".join(self.config.candle_intervals)
+            )
+        return f"candles:{sym}:{interval}", ""
+
+    # -- the market, orders and portfolios ---------------------------------------------
+
+    async def _market_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        carry = 0.0
+        last = loop.time()
+        while True:
+            await asyncio.sleep(cfg.step_interval)
+            now = loop.time()
+            dt, last = now - last, now
+            ts = self.now_ms()
+            self._close_candles(ts)
+            if cfg.firehose:
+                continue
+            carry += cfg.tick_rate * dt
+            n = int(carry)
+            carry -= n
+            if n:
+                ticks = self.market.ticks(min(n, 1_000_000), ts)
+                self.stats.ticks += len(ticks)
+                self._broadcast_ticks(ticks)
+
+    def _broadcast_ticks(self, ticks: Iterable[Tick]) -> None:
+        subs = self._subs
+        all_subs = subs.get("ticker:all")
+        touched: set[str] = set()
+        for t in ticks:
+            pair = t.pair
+            sym = pair.symbol
+            touched.add(sym)
+            one = subs.get("ticker:" + sym)
+            if one or all_subs:
+                frame = _json_encode(
+                    {
+                        "channel": "ticker",
+                        "symbol": sym,
+                        "data": {
+                            "price": format_units(t.price, pair.price_dp),
+                            "quantity": format_units(t.qty, pair.qty_dp),
+                            "timestamp": iso_ms(t.ts_ms),
+                            "is_buyer_maker": t.is_buyer_maker,
+                        },
+                    }
+                )
+                if one:
+                    for c in one:
+                        c.send(frame)
+                if all_subs:
+                    for c in all_subs:
+                        c.send(frame)
+        # One in-progress candle update per subscribed candle and market step, as real
+        # venues throttle them, carrying the state after the step's last trade.
+        for sym in touched:
+            for iv, key in self._candle_keys[sym]:
+                csubs = subs.get(key)
+                if csubs:
+                    st = self.market.candles[iv][sym]
+                    frame = self._candle_frame(
+                        sym, iv, st.data(self.market.pairs[sym], closed=False)
+                    )
+                    for c in csubs:
+                        c.send(frame)
+
+    @staticmethod
+    def _candle_frame(sym: str, iv: str, data: dict[str, object]) -> bytes:
+        return _json_encode({"channel": "candles", "symbol": sym, "interval": iv, "data": data})
+
+    def _close_candles(self, ts: int) -> None:
+        """Send the final candle of every bucket that ended before ``ts``, to subscribers."""
+        for iv, old in self._buckets.items():
+            length = INTERVAL_MS[iv]
+            start = ts - ts % length
+            if start == old:
+                continue
+            self._buckets[iv] = start
+            suffix = ":" + iv
+            keys = [
+                k
+                for k, s in self._subs.items()
+                if s and k.startswith("candles:") and k.endswith(suffix)
+            ]
+            # At extreme speeds many buckets end in one step; send at most the last 1000.
+            first = max(old, start - 1000 * length)
+            for key in keys:
+                sym = key.split(":")[1]
+                pair = self.market.pairs[sym]
+                for b in range(first, start, length):
+                    frame = self._candle_frame(
+                        sym, iv, self.market.candle(sym, iv, b).data(pair, closed=True)
+                    )
+                    for c in self._subs.get(key, ()):
+                        c.send(frame)
+
+    async def _order_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.order_interval)
+            ts = self.now_ms()
+            for acct in self.accounts.values():
+                if not acct.orders:
+                    continue
+                changed = acct.step(self.market, ts, cfg.partial_fill_notional)
+                if changed:
+                    self._push_orders(acct, changed)
+                # Fully settled orders are kept (GET /orders), but at most 10,000.
+                if len(acct.orders) > 10_000:
+                    for oid in [o.order_id for o in acct.orders.values() if not o.open][:1000]:
+                        del acct.orders[oid]
+
+    async def _portfolio_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.portfolio_interval)
+            for acct in self.accounts.values():
+                self._push_portfolio(acct)
+
+    def _push_orders(self, acct: Account, orders: list[Order]) -> None:
+        traded = False
+        subs = [c for c in self._subs.get("orders", ()) if c.account is acct]
+        for order in orders:
+            traded = traded or (
+                order.executed_quantity > 0
+                and order.status
+                in (
+                    "partially_filled",
+                    "filled",
+                )
+            )
+            if subs:
+                frame = _json_encode({"channel": "orders", "data": order.event()})
+                for c in subs:
+                    c.send(frame)
+        if traded:
+            self._push_portfolio(acct)
+
+    def _push_portfolio(self, acct: Account) -> None:
+        subs = [c for c in self._subs.get("portfolio", ()) if c.account is acct]
+        if subs:
+            frame = _json_encode({"channel": "portfolio", "data": self._snapshot(acct)})
+            for c in subs:
+                c.send(frame)
+
+    def _snapshot(self, acct: Account) -> dict[str, str]:
+        prices = {s: self.market.pairs[s].price_decimal() for s in acct.positions}
+        return acct.snapshot(prices, iso_ms(self.now_ms()))
+
+    def _build_firehose(self) -> None:
+        """Pre-encode ticker frames for benchmark mode, 128 frames per socket write."""
+        ts = self.now_ms()
+        frames: list[bytes] = []
+        for t in self.market.ticks(16_384, ts):
+            pair = t.pair
+            frames.append(
+                _frame(
+                    _json_encode(
+                        {
+                            "channel": "ticker",
+                            "symbol": pair.symbol,
+                            "data": {
+                                "price": format_units(t.price, pair.price_dp),
+                                "quantity": format_units(t.qty, pair.qty_dp),
+                                "timestamp": iso_ms(t.ts_ms),
+                                "is_buyer_maker": t.is_buyer_maker,
+                            },
+                        }
+                    )
+                )
+            )
+        n = self._firehose_per_chunk
+        self._firehose_chunks = [b"".join(frames[i : i + n]) for i in range(0, len(frames), n)]
+
+    # -- REST -------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "connections": len(self._conns)})
+
+    def _rest_account(self, request: web.Request) -> Account:
+        key = request.headers.get("X-API-Key", "")
+        if not key:
+            auth = request.headers.get("Authorization", "")
+            key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        return self._account_or_raise(key)
+
+    async def _rest_place(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+            try:
+                body = _json_decode(await request.read())
+            except msgspec.DecodeError:
+                raise OrderError("INVALID_JSON", "the body must be a JSON object") from None
+            if not isinstance(body, dict):
+                raise OrderError("INVALID_JSON", "the body must be a JSON object")
+            known = {"symbol", "side", "type", "quantity", "price"}
+            unknown = set(body) - known
+            if unknown:
+                raise OrderError("INVALID_FIELD", f"unknown fields: {', '.join(sorted(unknown))}")
+            missing = {"symbol", "side", "type", "quantity"} - set(body)
+            if missing:
+                raise OrderError("MISSING_FIELD", f"missing fields: {', '.join(sorted(missing))}")
+            order = acct.place(self.market, **body)
+        except OrderError as exc:
+            return _rest_error(exc)
+        self._push_orders(acct, [order])
+        return web.json_response(order.event(), status=201)
+
+    async def _rest_cancel(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+            order = acct.cancel(request.match_info["order_id"], self.now_ms())
+        except OrderError as exc:
+            return _rest_error(exc)
+        self._push_orders(acct, [order])
+        return web.json_response(order.event())
+
+    async def _rest_order(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+            order = acct.orders.get(request.match_info["order_id"])
+            if order is None:
+                raise OrderError("ORDER_NOT_FOUND", "no such order", status=404)
+        except OrderError as exc:
+            return _rest_error(exc)
+        return web.json_response(order.event())
+
+    async def _rest_orders(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+        except OrderError as exc:
+            return _rest_error(exc)
+        status = request.query.get("status")
+        orders = [o.event() for o in acct.orders.values() if status is None or o.status == status]
+        return web.json_response({"orders": orders})
+
+    async def _rest_portfolio(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+        except OrderError as exc:
+            return _rest_error(exc)
+        return web.json_response(self._snapshot(acct))
+
+    async def _rest_pairs(self, request: web.Request) -> web.Response:
+        pairs = [
+            {"symbol": p.symbol, "price_decimals": p.price_dp, "quantity_decimals": p.qty_dp}
+            for p in self.market.pairs.values()
+        ]
+        return web.json_response({"pairs": pairs})
+
+    async def _rest_price(self, request: web.Request) -> web.Response:
+        sym = request.match_info["symbol"].upper()
+        pair = self.market.pairs.get(sym)
+        if pair is None:
+            return _rest_error(OrderError("INVALID_SYMBOL", f"unknown symbol {sym!r}", 404))
+        return web.json_response(
+            {"symbol": sym, "price": pair.price_str(), "timestamp": iso_ms(self.now_ms())}
+        )
+
+    # -- admin (fault injection over HTTP, loopback only) -----------------------------
+
+    @staticmethod
+    def _loopback_only(request: web.Request) -> None:
+        if request.remote not in ("127.0.0.1", "::1", "localhost"):
+            raise web.HTTPForbidden(text="the admin endpoint answers loopback clients only")
+
+    async def _admin_state(self, request: web.Request) -> web.Response:
+        self._loopback_only(request)
+        return web.json_response(
+            {
+                "stats": msgspec.to_builtins(self.stats),
+                "connections": [
+                    {"id": r.id, "subscriptions": sorted(c.subs), "silent": c.silent}
+                    for c in self._conns
+                    for r in (c.record,)
+                ],
+                "refusing": self._refuse_status,
+            }
+        )
+
+    async def _admin_fault(self, request: web.Request) -> web.Response:
+        self._loopback_only(request)
+        fault = request.match_info["fault"]
+        try:
+            raw = await request.read()
+            params = _json_decode(raw) if raw else {}
+            if not isinstance(params, dict):
+                raise TypeError("parameters must be a JSON object")
+            result: object
+            if fault == "drop":
+                result = await self.drop_connections(params.get("code"), params.get("reason", ""))
+            elif fault == "silence":
+                result = self.go_silent(params.get("seconds"))
+            elif fault == "resume":
+                self.resume()
+                result = None
+            elif fault == "malformed":
+                payload = params.get("payload", '{"channel":"ticker","data":')
+                result = self.send_raw(payload, binary=bool(params.get("binary", False)))
+            elif fault == "refuse":
+                self.refuse_handshakes(
+                    int(params.get("status", 503)),
+                    seconds=params.get("seconds"),
+                    count=params.get("count"),
+                )
+                result = None
+            elif fault == "accept":
+                self.accept_handshakes()
+                result = None
+            elif fault == "revoke":
+                result = await self.revoke_key(str(params["api_key"]))
+            elif fault == "restore":
+                self.add_key(str(params["api_key"]))
+                result = None
+            elif fault == "restart":
+                downtime = float(params.get("downtime", 1.0))
+                # Answer first: the restart drops this very server.
+                asyncio.get_running_loop().call_later(
+                    0.05, lambda: asyncio.ensure_future(self.restart(downtime))
+                )
+                result = None
+            else:
+                return web.json_response({"error": f"unknown fault {fault!r}"}, status=404)
+        except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
+            return web.json_response({"error": f"bad parameters: {exc}"}, status=400)
+        return web.json_response({"fault": fault, "result": result})
+
+
+def _error(code: str, message: str, channel: str | None = None) -> bytes:
+    msg: dict[str, str] = {"type": "error", "code": code, "message": message}
+    if channel:
+        msg["channel"] = channel
+    return _json_encode(msg)
+
+
+def _raw_channel(msg: dict[str, Any]) -> str | None:
+    parts = [msg.get("channel"), msg.get("symbol"), msg.get("interval")]
+    return ":".join(str(p) for p in parts if p is not None) or None
+
+
+def _rest_error(exc: OrderError) -> web.Response:
+    return web.json_response({"error": {"code": exc.code, "message": str(exc)}}, status=exc.status)
