@@ -1,1 +1,53 @@
-"""agentstream: real-time trading streams."""
+"""agentstream: real-time trading streams for bots and agents.
+
+Example:
+    >>> from agentstream import AgentExchangeWS
+    >>> ws = AgentExchangeWS(api_key="ak_live_...")
+    >>> @ws.on_ticker("BTCUSDT")
+    ... def on_btc(data):
+    ...     print(data["price"])
+    >>> ws.run_forever()
+"""
+
+from agentstream.backoff import Backoff
+from agentstream.channels import INTERVALS, Channel
+from agentstream.client import AgentExchangeWS, Stats
+from agentstream.errors import (
+    AgentStreamError,
+    AuthenticationError,
+    ConfigurationError,
+    DecodeError,
+    HandlerError,
+    HandshakeError,
+    ProtocolError,
+    ServerError,
+    StaleConnectionError,
+    StreamConnectionError,
+)
+from agentstream.models import Candle, Event, OrderUpdate, Portfolio, Ticker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "INTERVALS",
+    "AgentExchangeWS",
+    "AgentStreamError",
+    "AuthenticationError",
+    "Backoff",
+    "Candle",
+    "Channel",
+    "ConfigurationError",
+    "DecodeError",
+    "Event",
+    "HandlerError",
+    "HandshakeError",
+    "OrderUpdate",
+    "Portfolio",
+    "ProtocolError",
+    "ServerError",
+    "StaleConnectionError",
+    "Stats",
+    "StreamConnectionError",
+    "Ticker",
+    "__version__",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import sys
@@ -99,7 +100,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)"
     )
+    run = sub.add_parser("run", help="run a Python script that may use top-level `await`")
+    run.add_argument("script", help="path of the script")
     return parser
+
+
+def run_script(path: str) -> None:
+    """Run ``path`` as ``__main__``, allowing top-level ``await`` (as in a notebook).
+
+    Example:
+        $ agentstream run examples/decorators.py
+    """
+    import ast
+    import runpy
+    import types
+    from pathlib import Path
+
+    source = Path(path).read_text(encoding="utf-8")
+    code = compile(source, path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    if not code.co_flags & inspect.CO_COROUTINE:  # no top-level await: run it plainly
+        runpy.run_path(path, run_name="__main__")
+        return
+    module = types.ModuleType("__main__")
+    module.__file__ = path
+    sys.modules["__main__"] = module
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    coro = eval(code, module.__dict__)  # the user's own script, by request
+    asyncio.run(coro)
 
 
 async def _serve(config: SimConfig) -> None:
@@ -131,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "run":
+        try:
+            run_script(args.script)
+        except KeyboardInterrupt:
+            return 130
+        return 0
     config = _sim_config(args)
     try:
         if args.command == "serve":

@@ -1,0 +1,305 @@
+"""Handlers, their queues and workers, and the routing table the reader uses.
+
+Every registered handler (a *slot*) owns a queue and one worker task. The reader task
+decodes a frame once per payload kind and appends it to the queues of the handlers of
+its channel: it never runs user code and never awaits a handler. Each worker drains
+its own queue, so a slow handler delays only itself, and events of one channel reach
+a handler in order.
+
+Queues are bounded where dropping is safe: when a ticker (or in-progress candle)
+handler falls behind, older events of the same symbol are conflated (the latest
+survives) and counted. Order updates, portfolio snapshots and closed candles are
+never dropped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import typing
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+
+from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agentstream.channels import Channel, ChannelKind
+
+log = logging.getLogger("agentstream")
+
+MODEL_OF_KIND: dict[str, type[Any]] = {
+    "ticker": Ticker,
+    "candles": Candle,
+    "orders": OrderUpdate,
+    "portfolio": Portfolio,
+}
+KIND_OF_MODEL: dict[type[Any], ChannelKind] = {
+    Ticker: "ticker",
+    Candle: "candles",
+    OrderUpdate: "orders",
+    Portfolio: "portfolio",
+}
+DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    kind: msgspec.json.Decoder(model) for kind, model in MODEL_OF_KIND.items()
+}
+dict_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+# Fields the seed page shows on orders that the server sends only when they apply;
+# dict handlers get them as None otherwise, so `data["executed_price"]` never raises.
+_ORDER_OPTIONAL = (
+    "price",
+    "executed_price",
+    "executed_quantity",
+    "fee",
+    "filled_at",
+    "cancelled_at",
+    "rejected_reason",
+)
+
+_BATCH = 256  # events a worker handles before yielding to the event loop
+_SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warning
+
+
+def first_param_model(fn: Callable[..., Any]) -> type[Any] | None:
+    """The agentstream model the handler's first parameter is annotated with, if any."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not params:
+        return None
+    ann = params[0].annotation
+    if isinstance(ann, str):
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:
+            hints = {}
+        ann = hints.get(params[0].name, ann)
+    return ann if ann in KIND_OF_MODEL else None
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def callable_name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def conflation_key(event: Any) -> object:
+    """What makes two events interchangeable for a handler that fell behind, or None."""
+    if isinstance(event, dict):
+        if "interval" in event:
+            return None if event.get("is_closed") else (event.get("symbol"), event["interval"])
+        return event.get("symbol")
+    if isinstance(event, Ticker):
+        return event.symbol
+    if isinstance(event, Candle):
+        return None if event.is_closed else (event.symbol, event.interval)
+    return None
+
+
+class Slot:
+    """One handler (or ``listen()`` iterator) with its queue.
+
+    ``report`` is called with the exception and the event when the handler raises.
+    """
+
+    __slots__ = (
+        "channel",
+        "conflatable",
+        "conflated",
+        "delivered",
+        "fn",
+        "is_async",
+        "max_queue",
+        "model",
+        "name",
+        "partial",
+        "queue",
+        "report",
+        "scope",
+        "thread",
+        "wake",
+        "warned_slow",
+    )
+
+    def __init__(
+        self,
+        channel: Channel | ChannelKind,
+        fn: Callable[[Any], Any] | None,
+        *,
+        model: type[Any] | None,
+        thread: bool = False,
+        partial: bool = False,
+        max_queue: int = 10_000,
+        report: Callable[[Slot, BaseException, Any], None] | None = None,
+    ) -> None:
+        import asyncio
+
+        self.channel = channel
+        self.fn = fn
+        self.model = model
+        self.is_async = fn is not None and is_async_callable(fn)
+        self.thread = thread
+        self.partial = partial
+        kind = channel if isinstance(channel, str) else channel.kind
+        self.conflatable = kind in ("ticker", "candles")
+        self.max_queue = max_queue
+        self.queue: deque[Any] = deque()
+        self.wake = asyncio.Event()
+        self.report = report
+        self.name = callable_name(fn) if fn is not None else "listen()"
+        self.conflated = 0
+        self.delivered = 0
+        self.scope: anyio.CancelScope | None = None
+        self.warned_slow = False
+
+    # -- producer side (the reader task) ----------------------------------------------
+
+    def push(self, event: Any) -> None:
+        q = self.queue
+        if len(q) >= self.max_queue and self.conflatable:
+            self._conflate()
+        q.append(event)
+        self.wake.set()
+
+    def _conflate(self) -> None:
+        """Keep the newest event per symbol (closed candles always); count the rest."""
+        q = self.queue
+        seen: set[object] = set()
+        kept: deque[Any] = deque()
+        for ev in reversed(q):
+            key = conflation_key(ev)
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            kept.appendleft(ev)
+        self.conflated += len(q) - len(kept)
+        q.clear()
+        q.extend(kept)
+        if len(q) >= self.max_queue // 2:
+            # More distinct symbols than the bound: grow it rather than lose the only
+            # event of a symbol.
+            self.max_queue = 2 * len(q)
+
+    # -- consumer side ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The worker: call the handler for each queued event, in order, forever."""
+        fn = self.fn
+        assert fn is not None
+        q = self.queue
+        with anyio.CancelScope() as self.scope:
+            while True:
+                if not q:
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                if self.thread:
+                    batch = list(q)
+                    q.clear()
+                    await anyio.to_thread.run_sync(self._run_batch, batch, abandon_on_cancel=True)
+                    continue
+                started = time.monotonic()
+                n = 0
+                while q and n < _BATCH:
+                    ev = q.popleft()
+                    n += 1
+                    try:
+                        if self.is_async:
+                            await fn(ev)
+                        else:
+                            fn(ev)
+                    except Exception as exc:
+                        self._failed(exc, ev)
+                self.delivered += n
+                if not self.is_async:
+                    elapsed = time.monotonic() - started
+                    if elapsed > _SLOW_HANDLER_S and not self.warned_slow:
+                        self.warned_slow = True
+                        log.warning(
+                            "handler %s blocked the event loop for %.2f s; pass thread=True "
+                            "to run it in a worker thread",
+                            self.name,
+                            elapsed,
+                        )
+                # Let the reader and other workers run between batches.
+                await anyio.lowlevel.checkpoint()
+
+    def _run_batch(self, batch: list[Any]) -> None:
+        fn = self.fn
+        assert fn is not None
+        for ev in batch:
+            try:
+                fn(ev)
+            except Exception as exc:
+                self._failed(exc, ev)
+        self.delivered += len(batch)
+
+    def _failed(self, exc: Exception, event: Any) -> None:
+        if self.report is not None:
+            self.report(self, exc, event)
+
+    async def next(self) -> Any:
+        """For ``listen()``: the next event, waiting for one."""
+        q = self.queue
+        while not q:
+            self.wake.clear()
+            await self.wake.wait()
+        self.delivered += 1
+        return q.popleft()
+
+    def cancel(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Everything the reader needs for one channel key, computed once per change."""
+
+    key: str
+    kind: str
+    dict_slots: tuple[Slot, ...]
+    typed_slots: tuple[Slot, ...]
+
+
+class HookRunner:
+    """Runs lifecycle hooks (connect, disconnect, reconnect, error) in order, off the reader."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.wake = asyncio.Event()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.queue.append((fn, args))
+        self.wake.set()
+
+    async def run(self) -> None:
+        q = self.queue
+        while True:
+            if not q:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            fn, args = q.popleft()
+            try:
+                result = fn(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("hook %s raised", callable_name(fn))

@@ -1,0 +1,246 @@
+"""Connection supervision: one *link* per WebSocket, each carrying up to N channels.
+
+A link connects, subscribes exactly the channels assigned to it, reads until the socket
+ends (answering pings, watched by a liveness watchdog), and reconnects with backoff.
+An authentication failure is fatal and ends the whole client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import typing
+from collections import deque
+from dataclasses import dataclass
+
+import anyio
+
+from agentstream.errors import (
+    AuthenticationError,
+    ServerError,
+    StaleConnectionError,
+    StreamConnectionError,
+)
+from agentstream.protocols.agentexchange import (
+    AUTH_CLOSE_CODES,
+    subscribe_message,
+    unsubscribe_message,
+)
+from agentstream.transport import CloseInfo, Connection
+
+if typing.TYPE_CHECKING:
+    from agentstream.backoff import Backoff
+    from agentstream.channels import Channel
+    from agentstream.client import AgentExchangeWS
+
+log = logging.getLogger("agentstream")
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    reconnects: int = 0
+    failed_attempts: int = 0
+
+
+class Link:
+    """One supervised WebSocket and the channels assigned to it."""
+
+    def __init__(self, client: AgentExchangeWS, index: int) -> None:
+        self.client = client
+        self.index = index
+        #: Channels this link should carry, by key.
+        self.channels: dict[str, Channel] = {}
+        #: Channels subscribed on the current connection (sent, not unsubscribed).
+        self.sent: set[str] = set()
+        self.acked: set[str] = set()
+        #: Channels the server refused (INVALID_CHANNEL): not sent again.
+        self.rejected: set[str] = set()
+        #: Subscribes awaiting an ack, oldest first, to attribute errors that name no channel.
+        self.pending: deque[str] = deque()
+        self.conn: Connection | None = None
+        self.dirty = asyncio.Event()
+        self.stats = LinkStats()
+        self.state = "idle"
+        self.retired = False
+        self.last_close: CloseInfo | None = None
+        self.ready = asyncio.Event()
+
+    # -- channel bookkeeping (loop thread only) ----------------------------------------
+
+    def assign(self, channel: Channel) -> None:
+        self.channels[channel.key] = channel
+        self.dirty.set()
+
+    def release(self, key: str) -> None:
+        self.channels.pop(key, None)
+        self.rejected.discard(key)
+        self.dirty.set()
+
+    def is_retired(self) -> bool:
+        return self.retired
+
+    @property
+    def wanted(self) -> set[str]:
+        return set(self.channels) - self.rejected
+
+    # -- the supervisor loop ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect, until retired or cancelled. Fatal errors propagate."""
+        client = self.client
+        backoff: Backoff = client._new_backoff()
+        connected_before = False
+        while not self.retired:
+            self.state = "connecting" if not connected_before else "reconnecting"
+            try:
+                conn = await client._transport_connect()
+            except AuthenticationError:
+                raise
+            except StreamConnectionError as exc:
+                self.stats.failed_attempts += 1
+                delay = backoff.next()
+                log.warning("link %d: %s; retrying in %.2f s", self.index, exc, delay)
+                client._emit_error(exc, {"link": self.index, "stage": "connect"})
+                await anyio.sleep(delay)
+                continue
+            self.stats.connects += 1
+            if connected_before:
+                self.stats.reconnects += 1
+            info, stale, healthy = await self._serve(conn, reconnect=connected_before)
+            connected_before = True
+            self.last_close = info
+            if healthy:
+                backoff.reset()
+            if info.code in AUTH_CLOSE_CODES:
+                raise AuthenticationError(
+                    f"the server closed the connection with {info.code}: API key rejected",
+                    close_code=info.code,
+                )
+            if self.is_retired():  # the control task may have retired it meanwhile
+                return
+            reason = "stale: no frame for the stale timeout" if stale else info.reason
+            self.state = "disconnected"
+            delay = backoff.next()
+            log.warning(
+                "link %d: disconnected (%s); reconnecting in %.2f s", self.index, reason, delay
+            )
+            client._on_link_down(self, reason, stale)
+            await anyio.sleep(delay)
+
+    async def _serve(self, conn: Connection, *, reconnect: bool) -> tuple[CloseInfo, bool, bool]:
+        """Run one connection to its end: (how it closed, was it stale, was it healthy)."""
+        client = self.client
+        self.conn = conn
+        self.sent.clear()
+        self.acked.clear()
+        self.pending.clear()
+        self.state = "connected"
+        stale = False
+        info = CloseInfo(None, "cancelled")
+        data_before = client._data_frames
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._control, conn)
+
+                async def watchdog() -> None:
+                    nonlocal stale
+                    stale = await self._watchdog(conn)
+                    if stale:
+                        conn.abort()
+
+                tg.start_soon(watchdog)
+                client._on_link_up(self, reconnect)
+                info = await conn.pump(client._feed_for(self))
+                tg.cancel_scope.cancel()
+        finally:
+            self.conn = None
+            self.ready.clear()
+            if not conn.closed:
+                with anyio.move_on_after(client._close_timeout, shield=True):
+                    await conn.close()
+        lived = time.monotonic() - conn.opened_at
+        healthy = client._data_frames > data_before or lived >= client._healthy_after
+        if stale:
+            client._emit_error(
+                StaleConnectionError(f"no frame for {client._stale_timeout:g} s; reconnecting"),
+                {"link": self.index, "stage": "liveness"},
+            )
+        return info, stale, healthy
+
+    async def _watchdog(self, conn: Connection) -> bool:
+        """Return True once no frame has arrived for the stale timeout."""
+        timeout = self.client._stale_timeout
+        period = max(timeout / 20, 0.001)
+        last_frames = conn.frames
+        last_seen = time.monotonic()
+        while True:
+            await anyio.sleep(period)
+            now = time.monotonic()
+            if conn.frames != last_frames:
+                last_frames = conn.frames
+                last_seen = now
+            elif now - last_seen >= timeout:
+                log.warning(
+                    "link %d: no frame for %.1f s, closing the stale connection",
+                    self.index,
+                    now - last_seen,
+                )
+                return True
+
+    async def _control(self, conn: Connection) -> None:
+        """Keep the connection's subscriptions equal to the link's channels."""
+        while True:
+            self.dirty.clear()
+            wanted = self.wanted
+            for key in sorted(wanted - self.sent):
+                self.sent.add(key)
+                self.pending.append(key)
+                await conn.send(subscribe_message(self.channels[key]))
+            for key in sorted(self.sent - wanted):
+                self.sent.discard(key)
+                self.acked.discard(key)
+                ch = self.client._known_channel(key)
+                if ch is not None:
+                    await conn.send(unsubscribe_message(ch))
+            self.ready.set()
+            if not self.dirty.is_set():
+                if not self.channels and self.index > 0:
+                    self.retired = True
+                    conn.abort()
+                    return
+                await self.dirty.wait()
+
+    # -- control frames from the server -----------------------------------------------
+
+    def on_ack(self, kind: str, key: str | None) -> None:
+        if key is None:
+            return
+        if kind == "subscribed":
+            if key in self.acked:
+                log.debug("link %d: duplicate ack for %s", self.index, key)
+            self.acked.add(key)
+            with contextlib.suppress(ValueError):
+                self.pending.remove(key)
+        else:
+            self.acked.discard(key)
+
+    def on_error(self, code: str, message: str, key: str | None) -> ServerError:
+        """Attribute a server error to a channel and react to it."""
+        if key is None or key not in self.channels:
+            key = self.pending.popleft() if self.pending else key
+        else:
+            with contextlib.suppress(ValueError):
+                self.pending.remove(key)
+        err = ServerError(code, message, channel=key)
+        if key is not None and key in self.channels:
+            self.sent.discard(key)
+            if code == "SUBSCRIPTION_LIMIT":
+                # The server allows fewer channels per connection than we assumed: learn
+                # its limit and move the channel to another connection instead of losing it.
+                self.client._learn_limit(self, key)
+            elif code == "INVALID_CHANNEL":
+                self.rejected.add(key)
+        return err

@@ -1,0 +1,1099 @@
+"""``AgentExchangeWS``: decorator handlers on a supervised AgentExchange stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+import msgspec
+
+from agentstream._dispatch import (
+    DECODERS,
+    KIND_OF_MODEL,
+    HookRunner,
+    Route,
+    Slot,
+    callable_name,
+    dict_decoder,
+    first_param_model,
+)
+from agentstream._redact import mask_secret, mask_url
+from agentstream._supervisor import Link
+from agentstream.backoff import Backoff
+from agentstream.channels import Channel
+from agentstream.errors import (
+    AgentStreamError,
+    ConfigurationError,
+    DecodeError,
+    HandlerError,
+)
+from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker
+from agentstream.protocols.agentexchange import (
+    PONG,
+    data_key,
+    endpoint_url,
+    envelope_decoder,
+    normalize_key,
+)
+from agentstream.transport import Connection, Transport
+
+if TYPE_CHECKING:
+    import ssl as _ssl
+
+__all__ = ["AgentExchangeWS", "Stats"]
+
+H = TypeVar("H", bound=Callable[..., Any])
+E = TypeVar("E", Ticker, Candle, OrderUpdate, Portfolio)
+
+_ORDER_OPTIONAL = (
+    "price",
+    "executed_price",
+    "executed_quantity",
+    "fee",
+    "filled_at",
+    "cancelled_at",
+    "rejected_reason",
+)
+_set = msgspec.structs.force_setattr
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of the client's counters (``ws.stats``).
+
+    Example:
+        >>> s = ws.stats
+        >>> s.state, s.messages_total, s.reconnects, s.last_message_age
+        ('connected', 1532, 0, 0.004)
+    """
+
+    #: ``idle``, ``connecting``, ``connected``, ``reconnecting``, ``stopped`` or ``failed``.
+    state: str
+    #: Connections open now (more than one when more than 10 channels are wanted).
+    connections: int
+    #: Successful reconnects since the client started.
+    reconnects: int
+    #: Failed connection attempts (refused, timed out, HTTP 5xx, ...).
+    failed_attempts: int
+    #: Data messages received, per channel key (``ticker:BTCUSDT``, ``orders``, ...).
+    messages: dict[str, int] = field(default_factory=dict)
+    messages_total: int = 0
+    #: Control messages (pings, acks, errors) received.
+    control_messages: int = 0
+    pings: int = 0
+    #: Frames dropped because they were not JSON or not of a known shape.
+    dropped_frames: int = 0
+    #: Events dropped because they failed the typed model's validation.
+    invalid_events: int = 0
+    #: Exceptions raised by handlers (each also reported to ``on_error``).
+    handler_errors: int = 0
+    #: Older ticker / in-progress candle events replaced by newer ones for slow handlers.
+    conflated: int = 0
+    #: ``error`` messages from the server.
+    server_errors: int = 0
+    #: Events waiting in handler queues.
+    queued: int = 0
+    #: Seconds since the last frame of any kind; None before the first.
+    last_message_age: float | None = None
+
+
+class AgentExchangeWS:
+    """A supervised AgentExchange WebSocket client with decorator-registered handlers.
+
+    Args:
+        api_key: the account's API key (``ak_live_...``). Never logged or shown in reprs.
+        base_url: ``ws://``, ``wss://``, ``http://`` or ``https://`` URL of the platform;
+            default ``$AGENTSTREAM_BASE_URL`` if set, else ``ws://localhost:8000``.
+        stale_timeout: seconds without any frame before the socket is declared dead.
+        connect_timeout: seconds a connection attempt (TCP, TLS, handshake) may take.
+        close_timeout: seconds to wait for the server's close answer when stopping.
+        backoff_initial, backoff_max, backoff_factor, backoff_jitter: the reconnect
+            schedule (default 1 s doubling to 60 s plus up to 10 % jitter); each can
+            also be set by ``AGENTSTREAM_BACKOFF_INITIAL`` / ``_MAX`` / ``_FACTOR`` /
+            ``_JITTER``.
+        healthy_after: seconds a connection must live (if no data flowed) before the
+            backoff resets; defaults to the stale timeout.
+        queue_size: events a ticker or candle handler may fall behind before older
+            events of the same symbol are conflated. Orders and portfolio are never dropped.
+        max_subscriptions_per_connection: channels per socket (the platform allows 10);
+            more channels open more sockets.
+        max_message_size: frames larger than this end the connection (it is re-opened).
+        ssl: an ``ssl.SSLContext`` for ``wss://``; by default certificates are verified
+            against the system's trust store.
+        logger: logger to use instead of ``logging.getLogger("agentstream")``.
+
+    Example:
+        >>> ws = AgentExchangeWS(api_key="ak_live_...")
+        >>> @ws.on_ticker("BTCUSDT")
+        ... async def handle_btc(data):
+        ...     print(f"BTC: ${data['price']}")
+        >>> asyncio.run(ws.connect())
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        *,
+        stale_timeout: float = 40.0,
+        connect_timeout: float = 10.0,
+        close_timeout: float = 0.5,
+        backoff_initial: float | None = None,
+        backoff_max: float | None = None,
+        backoff_factor: float | None = None,
+        backoff_jitter: float | None = None,
+        healthy_after: float | None = None,
+        queue_size: int = 10_000,
+        max_subscriptions_per_connection: int = 10,
+        max_message_size: int = 1 << 20,
+        ssl: _ssl.SSLContext | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ConfigurationError("api_key must be a non-empty string")
+        for name, value in (
+            ("stale_timeout", stale_timeout),
+            ("connect_timeout", connect_timeout),
+            ("queue_size", queue_size),
+            ("max_subscriptions_per_connection", max_subscriptions_per_connection),
+            ("max_message_size", max_message_size),
+        ):
+            if value <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {value}")
+        if base_url is None:
+            base_url = os.environ.get("AGENTSTREAM_BASE_URL") or "ws://localhost:8000"
+        self.__api_key = api_key
+        self._url = endpoint_url(base_url, api_key)
+        self.base_url = base_url
+        self._stale_timeout = float(stale_timeout)
+        self._connect_timeout = float(connect_timeout)
+        self._close_timeout = float(close_timeout)
+        self._healthy_after = float(healthy_after if healthy_after is not None else stale_timeout)
+        self._backoff_args = {
+            "initial": backoff_initial,
+            "maximum": backoff_max,
+            "factor": backoff_factor,
+            "jitter": backoff_jitter,
+        }
+        Backoff.from_env(**self._backoff_args)  # validate now, not at the first reconnect
+        self._queue_size = queue_size
+        self._limit = max_subscriptions_per_connection
+        self._max_message_size = max_message_size
+        self._ssl = ssl
+        self.log = logger or logging.getLogger("agentstream")
+
+        self._lock = threading.RLock()
+        self._slots: dict[str, list[Slot]] = {}
+        self._kind_listeners: dict[str, list[Slot]] = {}
+        self._explicit: dict[str, Channel] = {}
+        self._channels: dict[str, Channel] = {}
+        self._routes: dict[str, Route] = {}
+        self._links: list[Link] = []
+        self._placement: dict[str, Link] = {}
+        self._running_slots: set[Slot] = set()
+
+        self._hooks_connect: list[Callable[..., Any]] = []
+        self._hooks_disconnect: list[Callable[..., Any]] = []
+        self._hooks_reconnect: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._hooks_error: list[Callable[..., Any]] = []
+        self._hook_runner: HookRunner | None = None
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._ctx_tg: anyio.abc.TaskGroup | None = None
+        self._transport: Transport | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._stop_requested = False
+        self._finished = threading.Event()
+        self._finished.set()
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._fatal: BaseException | None = None
+        #: The fatal error that ended the client (e.g. ``AuthenticationError``), else None.
+        #: Kept after ``run_forever`` returns so the thread that started it can read it.
+        self.error: BaseException | None = None
+        self._state = "idle"
+
+        self._counts: dict[str, int] = {}
+        self._data_frames = 0
+        self._control_frames = 0
+        self._pings = 0
+        self._dropped = 0
+        self._invalid = 0
+        self._handler_errors = 0
+        self._server_errors = 0
+        self._reconnects = 0
+        self._last_frame_at: float | None = None
+        self._drop_logged_at = -1e9
+        self._drops_unlogged = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<AgentExchangeWS {mask_url(self._url)} key={mask_secret(self.__api_key)} "
+            f"state={self._state}>"
+        )
+
+    # -- registration -----------------------------------------------------------------
+
+    @overload
+    def on_ticker(
+        self, symbol: str, handler: None = None, *, thread: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_ticker(self, symbol: str, handler: H, *, thread: bool = False) -> H: ...
+    def on_ticker(
+        self, symbol: str, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with every trade of ``symbol`` (``"all"``: every pair).
+
+        The handler gets a ``dict`` (``data["symbol"]``, ``data["price"]``, ...), or a
+        :class:`Ticker` if its first parameter is annotated so. ``thread=True`` runs a
+        sync handler in a worker thread, so it may block without stalling the stream.
+
+        Example:
+            >>> @ws.on_ticker("BTCUSDT")
+            ... def on_btc(data):
+            ...     prices["BTCUSDT"] = data["price"]
+            >>> ws.on_ticker("ETHUSDT", on_eth)   # the same without a decorator
+
+        Raises:
+            ConfigurationError: (a ``ValueError``) for an empty or invalid symbol.
+        """
+        return self._register(Channel.ticker(symbol), handler, thread=thread)
+
+    @overload
+    def on_candles(
+        self,
+        symbol: str,
+        interval: str,
+        handler: None = None,
+        *,
+        partial: bool = False,
+        thread: bool = False,
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_candles(
+        self, symbol: str, interval: str, handler: H, *, partial: bool = False, thread: bool = False
+    ) -> H: ...
+    def on_candles(
+        self,
+        symbol: str,
+        interval: str,
+        handler: H | None = None,
+        *,
+        partial: bool = False,
+        thread: bool = False,
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with each closed candle of ``symbol`` and ``interval``.
+
+        ``interval`` is one of 1m, 5m, 15m, 1h, 4h, 1d. With ``partial=True`` the handler
+        also gets the updates of the forming candle (``data["is_closed"]`` is False).
+
+        Example:
+            >>> @ws.on_candles("BTCUSDT", "1m")
+            ... async def on_btc_1m(data):
+            ...     print(f"1m candle closed at ${data['close']}")
+
+        Raises:
+            ConfigurationError: (a ``ValueError``) for any other interval.
+        """
+        return self._register(
+            Channel.candles(symbol, interval), handler, thread=thread, partial=partial
+        )
+
+    @overload
+    def on_order_update(
+        self, handler: None = None, *, thread: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_order_update(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with every status change of the account's orders.
+
+        Never dropped or conflated, and never queued behind ticks.
+
+        Example:
+            >>> @ws.on_order_update()
+            ... async def on_order(data):
+            ...     print(f"Order {data['order_id']}: {data['status']}")
+        """
+        return self._register(Channel.orders(), handler, thread=thread)
+
+    @overload
+    def on_portfolio(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_portfolio(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_portfolio(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with every portfolio snapshot of the account.
+
+        Example:
+            >>> @ws.on_portfolio()
+            ... async def on_portfolio(data):
+            ...     print(f"Equity: ${data['total_equity']}  ROI: {data['roi_pct']}%")
+        """
+        return self._register(Channel.portfolio(), handler, thread=thread)
+
+    def _register(
+        self, channel: Channel, handler: H | None, *, thread: bool, partial: bool = False
+    ) -> H | Callable[[H], H]:
+        def add(fn: H) -> H:
+            if not callable(fn):
+                raise ConfigurationError(f"a handler must be callable, not {type(fn).__name__}")
+            model = first_param_model(fn)
+            if model is not None and KIND_OF_MODEL[model] != channel.kind:
+                raise ConfigurationError(
+                    f"{callable_name(fn)} takes a {model.__name__} but is registered for "
+                    f"{channel.key}"
+                )
+            slot = Slot(
+                channel,
+                fn,
+                model=model,
+                thread=thread,
+                partial=partial,
+                max_queue=self._queue_size,
+                report=self._handler_failed,
+            )
+            if slot.is_async and thread:
+                raise ConfigurationError(
+                    f"{slot.name} is async; thread=True is for blocking sync handlers"
+                )
+            with self._lock:
+                self._slots.setdefault(channel.key, []).append(slot)
+                self._channels.setdefault(channel.key, channel)
+            self._schedule_sync()
+            return fn
+
+        return add(handler) if handler is not None else add
+
+    def subscribe(self, *channels: Channel | str) -> None:
+        """Subscribe channels without a handler (their events go to ``listen()``).
+
+        Safe from any thread and from inside a handler; returns at once.
+
+        Example:
+            >>> ws.subscribe(Channel.ticker("BTCUSDT"), "candles:ETHUSDT:1m")
+        """
+        parsed = [c if isinstance(c, Channel) else Channel.parse(c) for c in channels]
+        with self._lock:
+            for ch in parsed:
+                self._explicit[ch.key] = ch
+                self._channels.setdefault(ch.key, ch)
+        self._schedule_sync()
+
+    def unsubscribe(self, *channels: Channel | str) -> None:
+        """Stop channels: their handlers are removed and the server is told.
+
+        Safe from any thread and from inside a handler; returns at once.
+
+        Example:
+            >>> ws.unsubscribe("ticker:BTCUSDT")
+        """
+        parsed = [c if isinstance(c, Channel) else Channel.parse(c) for c in channels]
+        with self._lock:
+            for ch in parsed:
+                self._explicit.pop(ch.key, None)
+                for slot in self._slots.pop(ch.key, []):
+                    slot.cancel()
+        self._schedule_sync()
+
+    def remove_handler(self, handler: Callable[..., Any]) -> int:
+        """Remove every registration of ``handler``; return how many there were.
+
+        A channel left with no handler is unsubscribed. Safe from any thread.
+
+        Example:
+            >>> ws.remove_handler(on_btc)
+            1
+        """
+        removed = 0
+        with self._lock:
+            for key in list(self._slots):
+                keep = []
+                for slot in self._slots[key]:
+                    if slot.fn is handler:
+                        slot.cancel()
+                        removed += 1
+                    else:
+                        keep.append(slot)
+                if keep:
+                    self._slots[key] = keep
+                else:
+                    del self._slots[key]
+        if removed:
+            self._schedule_sync()
+        return removed
+
+    @property
+    def channels(self) -> list[Channel]:
+        """The channels wanted now (with a handler, a listener or an explicit subscribe)."""
+        with self._lock:
+            return [self._channels[k] for k in sorted(self._wanted_keys())]
+
+    def _wanted_keys(self) -> set[str]:
+        return {k for k, v in self._slots.items() if v} | set(self._explicit)
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def on_connect(self, fn: H | None = None) -> Any:
+        """Call ``fn()`` after each successful connection (first and reconnects).
+
+        Example:
+            >>> @ws.on_connect
+            ... def connected():
+            ...     print("connected")
+        """
+        return self._add_hook(self._hooks_connect, fn)
+
+    def on_disconnect(self, fn: H | None = None) -> Any:
+        """Call ``fn(reason)`` each time a connection is lost (before reconnecting).
+
+        Example:
+            >>> @ws.on_disconnect
+            ... def lost(reason: str):
+            ...     print("lost:", reason)
+        """
+        return self._add_hook(self._hooks_disconnect, fn)
+
+    def on_reconnect(self, fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+        """Call ``fn(ws, *args)`` after every reconnect, sync or async (tastytrade style).
+
+        The channels are already subscribed again when it runs.
+
+        Example:
+            >>> async def resync(ws, orders_api):
+            ...     await orders_api.refresh()
+            >>> ws.on_reconnect(resync, orders_api)
+        """
+        if not callable(fn):
+            raise ConfigurationError("on_reconnect needs a callable")
+        with self._lock:
+            self._hooks_reconnect.append((fn, args))
+        return fn
+
+    def on_error(self, fn: H | None = None) -> Any:
+        """Call ``fn(exc, context)`` for every error the stream survives.
+
+        ``exc`` is an :class:`AgentStreamError` (``HandlerError``, ``ServerError``,
+        ``StreamConnectionError``, ``DecodeError``); ``context`` is a dict with
+        ``channel``, ``handler``, ``link`` or ``stage`` where they apply.
+
+        Example:
+            >>> @ws.on_error
+            ... def oops(exc, context):
+            ...     print("error:", exc, context)
+        """
+        return self._add_hook(self._hooks_error, fn)
+
+    def _add_hook(self, hooks: list[Callable[..., Any]], fn: H | None) -> Any:
+        def add(f: H) -> H:
+            if not callable(f):
+                raise ConfigurationError("a hook must be callable")
+            with self._lock:
+                hooks.append(f)
+            return f
+
+        return add(fn) if fn is not None else add
+
+    # -- running ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, subscribe, and run until :meth:`disconnect` / :meth:`stop`.
+
+        Reconnects by itself; returns normally when stopped.
+
+        Raises:
+            AuthenticationError: the API key was rejected (no retry).
+
+        Example:
+            >>> asyncio.run(ws.connect())
+        """
+        await self._run()
+
+    async def disconnect(self) -> None:
+        """Stop the client and wait until it has closed its connections.
+
+        Example:
+            >>> await ws.disconnect()
+        """
+        self._request_stop()
+        if self._loop is not None and threading.get_ident() == self._loop_thread:
+            while not self._finished.is_set():
+                await anyio.sleep(0.005)
+
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """Stop the client from any thread; idempotent.
+
+        From another thread, waits up to ``timeout`` seconds for the client to finish
+        and returns whether it did. From the client's own thread it only requests the
+        stop (use ``await ws.disconnect()`` there) and returns False.
+
+        Example:
+            >>> thread = threading.Thread(target=ws.run_forever, daemon=True)
+            >>> thread.start()
+            >>> ws.stop()
+            True
+        """
+        self._stop_requested = True
+        loop = self._loop
+        if loop is None:
+            return self._finished.is_set()
+        if threading.get_ident() == self._loop_thread:
+            self._request_stop()
+            return False
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._request_stop)
+        return self._finished.wait(timeout)
+
+    def run_forever(self) -> None:
+        """Run the client in the calling thread until :meth:`stop`, with its own event loop.
+
+        Meant for a daemon thread; the handlers run in that thread. Other threads can
+        call the client's async methods through :attr:`portal`.
+
+        Raises:
+            AuthenticationError: the API key was rejected; also kept in :attr:`error`.
+
+        Example:
+            >>> threading.Thread(target=ws.run_forever, daemon=True).start()
+        """
+
+        async def main() -> None:
+            async with anyio.from_thread.BlockingPortal() as portal:
+                self._portal = portal
+                try:
+                    await self._run(raise_fatal=False)
+                finally:
+                    self._portal = None
+
+        anyio.run(main)
+        if self._fatal is not None:
+            raise self._fatal
+
+    @property
+    def portal(self) -> anyio.from_thread.BlockingPortal | None:
+        """In :meth:`run_forever` mode, a portal other threads use to call async methods.
+
+        Example:
+            >>> ws.portal.call(ws.disconnect)
+        """
+        return self._portal
+
+    async def __aenter__(self) -> AgentExchangeWS:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(self._run_ctx)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._ctx_tg = tg
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._request_stop()
+        tg, self._ctx_tg = self._ctx_tg, None
+        if tg is not None:
+            await tg.__aexit__(*exc)
+        if self._fatal is not None and exc[0] is None:
+            raise self._fatal
+
+    async def _run_ctx(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        # A fatal error before the first connection is raised here, so `async with`
+        # raises it; a later one is kept and raised by __aexit__.
+        await self._run(task_status=task_status, raise_fatal=False)
+
+    async def listen(
+        self, model: type[E], symbol: str | None = None, interval: str | None = None
+    ) -> AsyncIterator[E]:
+        """Iterate over typed events of one kind, as tastytrade's ``listen()`` does.
+
+        ``listen(OrderUpdate)`` and ``listen(Portfolio)`` subscribe their channel;
+        ``listen(Ticker, "BTCUSDT")`` and ``listen(Candle, "BTCUSDT", "1m")`` subscribe
+        that channel; ``listen(Ticker)`` yields from every subscribed ticker channel.
+
+        Example:
+            >>> async with ws:
+            ...     async for order in ws.listen(OrderUpdate):
+            ...         print(order.order_id, order.status)
+        """
+        kind = KIND_OF_MODEL.get(model)
+        if kind is None:
+            raise ConfigurationError("listen() takes Ticker, Candle, OrderUpdate or Portfolio")
+        channel: Channel | None
+        if kind == "orders":
+            channel = Channel.orders()
+        elif kind == "portfolio":
+            channel = Channel.portfolio()
+        elif symbol is not None:
+            if kind == "candles":
+                if interval is None:
+                    raise ConfigurationError("listen(Candle, symbol) needs an interval")
+                channel = Channel.candles(symbol, interval)
+            else:
+                channel = Channel.ticker(symbol)
+        else:
+            channel = None
+        slot = Slot(channel or kind, None, model=model, partial=True, max_queue=self._queue_size)
+        with self._lock:
+            if channel is not None:
+                self._slots.setdefault(channel.key, []).append(slot)
+                self._channels.setdefault(channel.key, channel)
+            else:
+                self._kind_listeners.setdefault(kind, []).append(slot)
+        self._schedule_sync()
+        try:
+            while True:
+                if self._finished.is_set() and not slot.queue:
+                    return
+                event = await self._next_or_end(slot)
+                if event is _END:
+                    if self._fatal is not None:
+                        raise self._fatal
+                    return
+                yield event
+        finally:
+            with self._lock:
+                if channel is not None:
+                    slots = self._slots.get(channel.key, [])
+                    if slot in slots:
+                        slots.remove(slot)
+                    if not slots:
+                        self._slots.pop(channel.key, None)
+                else:
+                    self._kind_listeners.get(kind, []).remove(slot)
+            self._schedule_sync()
+
+    async def _next_or_end(self, slot: Slot) -> Any:
+        while not slot.queue:
+            if self._finished.is_set() or (
+                self._stop_event is not None and self._stop_event.is_set()
+            ):
+                return _END
+            slot.wake.clear()
+            with anyio.move_on_after(0.25):
+                await slot.wake.wait()
+        slot.delivered += 1
+        return slot.queue.popleft()
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def _run(
+        self,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        raise_fatal: bool = True,
+    ) -> None:
+        if not self._finished.is_set():
+            raise RuntimeError("this client is already running")
+        self._finished.clear()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop_event = asyncio.Event()
+        self._fatal = None
+        self.error = None
+        self._hook_runner = HookRunner()
+        self._links = []
+        self._placement = {}
+        self._running_slots = set()
+        self._state = "connecting"
+        started = False
+        try:
+            if self._stop_requested:
+                return
+            async with (
+                Transport(
+                    ssl=self._ssl,
+                    connect_timeout=self._connect_timeout,
+                    close_timeout=self._close_timeout,
+                    max_message_size=self._max_message_size,
+                ) as transport,
+                anyio.create_task_group() as tg,
+            ):
+                self._transport = transport
+                self._tg = tg
+                tg.start_soon(self._hook_runner.run)
+                self._sync()
+                if not self._links:
+                    self._new_link()
+                await self._wait_ready()
+                if not self._stop_event.is_set():
+                    task_status.started()
+                    started = True
+                    await self._stop_event.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._state = "failed" if self._fatal is not None else "stopped"
+            self._tg = None
+            self._transport = None
+            self._links = []
+            self._placement = {}
+            self._running_slots = set()
+            self._loop = None
+            self._loop_thread = None
+            self._stop_requested = False
+            self._finished.set()
+        fatal = self._fatal_error()  # set by a link task while we awaited
+        if fatal is not None and (raise_fatal or not started):
+            raise fatal
+
+    def _fatal_error(self) -> BaseException | None:
+        return self._fatal
+
+    async def _wait_ready(self) -> None:
+        """Until every link has sent its subscriptions, or the client is stopping."""
+        assert self._stop_event is not None
+        stop = self._stop_event
+        while not stop.is_set():
+            if all(link.ready.is_set() for link in self._links):
+                return
+            await anyio.sleep(0.01)
+
+    def _request_stop(self) -> None:
+        self._stop_requested = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._fatal = exc
+        self.error = exc
+        self.log.error("agentstream stopped: %s", exc)
+        self._request_stop()
+
+    # -- links and channel placement (loop thread only) -------------------------------
+
+    def _schedule_sync(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._sync()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._sync)
+
+    def _sync(self) -> None:
+        """Make routes, workers and link assignments match the registry."""
+        if self._tg is None:
+            return
+        with self._lock:
+            wanted = self._wanted_keys()
+            routes: dict[str, Route] = {}
+            for key in wanted:
+                ch = self._channels[key]
+                slots = self._slots.get(key, [])
+                listeners = self._kind_listeners.get(ch.kind, [])
+                typed = tuple(s for s in slots if s.model is not None) + tuple(listeners)
+                plain = tuple(s for s in slots if s.model is None)
+                routes[key] = Route(key, ch.kind, plain, typed)
+            self._routes = routes
+            new_slots = [
+                s
+                for key in wanted
+                for s in self._slots.get(key, [])
+                if s.fn is not None and s not in self._running_slots
+            ]
+        for slot in new_slots:
+            self._running_slots.add(slot)
+            self._tg.start_soon(slot.run)
+        for key in list(self._placement):
+            if key not in wanted:
+                self._placement.pop(key).release(key)
+        for key in sorted(wanted):
+            if key not in self._placement:
+                self._place(self._channels[key])
+
+    def _place(self, channel: Channel, exclude: Link | None = None) -> None:
+        for link in self._links:
+            if link is not exclude and not link.retired and len(link.channels) < self._limit:
+                break
+        else:
+            link = self._new_link()
+        link.assign(channel)
+        self._placement[channel.key] = link
+
+    def _new_link(self) -> Link:
+        assert self._tg is not None
+        link = Link(self, len(self._links))
+        self._links.append(link)
+        self._tg.start_soon(self._run_link, link)
+        return link
+
+    async def _run_link(self, link: Link) -> None:
+        try:
+            await link.run()
+        except AgentStreamError as exc:
+            self._fail(exc)
+
+    def _learn_limit(self, link: Link, key: str) -> None:
+        accepted = len(link.sent)
+        if accepted < self._limit:
+            self.log.warning(
+                "the server allows %d subscriptions per connection; opening another for %s",
+                max(accepted, 1),
+                key,
+            )
+            self._limit = max(accepted, 1)
+        link.release(key)
+        self._placement.pop(key, None)
+        self._place(self._channels[key], exclude=link)
+
+    def _known_channel(self, key: str) -> Channel | None:
+        return self._channels.get(key)
+
+    def _new_backoff(self) -> Backoff:
+        return Backoff.from_env(**self._backoff_args)
+
+    async def _transport_connect(self) -> Connection:
+        assert self._transport is not None
+        return await self._transport.connect(self._url)
+
+    def _on_link_up(self, link: Link, reconnect: bool) -> None:
+        self._state = "connected"
+        runner = self._hook_runner
+        assert runner is not None
+        if reconnect:
+            self._reconnects += 1
+            self.log.info("link %d: reconnected", link.index)
+        else:
+            self.log.info("link %d: connected", link.index)
+        with self._lock:
+            connect_hooks = list(self._hooks_connect)
+            reconnect_hooks = list(self._hooks_reconnect) if reconnect else []
+        for fn in connect_hooks:
+            runner.submit(fn)
+        for fn, args in reconnect_hooks:
+            runner.submit(fn, self, *args)
+
+    def _on_link_down(self, link: Link, reason: str, stale: bool) -> None:
+        if not any(lk.conn is not None for lk in self._links):
+            self._state = "reconnecting"
+        runner = self._hook_runner
+        assert runner is not None
+        with self._lock:
+            hooks = list(self._hooks_disconnect)
+        for fn in hooks:
+            runner.submit(fn, reason)
+
+    # -- errors -----------------------------------------------------------------------
+
+    def _emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
+        runner = self._hook_runner
+        if runner is None:
+            return
+        with self._lock:
+            hooks = list(self._hooks_error)
+        for fn in hooks:
+            runner.submit(fn, exc, context)
+
+    def _handler_failed(self, slot: Slot, exc: BaseException, event: Any) -> None:
+        self._handler_errors += 1
+        channel = slot.channel if isinstance(slot.channel, str) else slot.channel.key
+        self.log.error(
+            "handler %s raised on %s: %s: %s",
+            slot.name,
+            channel,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        err = HandlerError(
+            f"handler {slot.name} raised {type(exc).__name__}: {exc}",
+            handler=slot.name,
+            channel=channel,
+        )
+        err.__cause__ = exc
+        self._emit_error(err, {"channel": channel, "handler": slot.name})
+
+    def _bad_frame(self, why: str, data: str | bytes) -> None:
+        self._dropped += 1
+        text = data if isinstance(data, str) else repr(data[:200])
+        snippet = text[:200]
+        self._log_drop("dropped a frame (%s): %r", why, snippet)
+        self._emit_error(DecodeError(f"dropped a frame: {why}", frame=snippet), {"stage": "decode"})
+
+    def _log_drop(self, msg: str, *args: object) -> None:
+        """Warn about dropped input at most once a second, counting what was not logged."""
+        now = time.monotonic()
+        if now - self._drop_logged_at < 1.0:
+            self._drops_unlogged += 1
+            return
+        if self._drops_unlogged:
+            msg += f" (and {self._drops_unlogged} more since the last warning)"
+        self._drop_logged_at = now
+        self._drops_unlogged = 0
+        self.log.warning(msg, *args)
+
+    # -- the reader's callback (hot path) ---------------------------------------------
+
+    def _feed_for(self, link: Link) -> Callable[[str | bytes], str | None]:
+        decode_env = envelope_decoder.decode
+        counts = self._counts
+        monotonic = time.monotonic
+
+        def feed(data: str | bytes) -> str | None:
+            self._last_frame_at = monotonic()
+            try:
+                env = decode_env(data)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                self._bad_frame(str(exc) or "not a JSON object", data)
+                return None
+            if env.type is not None:
+                return self._control(link, env, data)
+            key = data_key(env)
+            raw = env.data
+            if key is None or not raw:
+                self._bad_frame("no known channel or no data", data)
+                return None
+            self._data_frames += 1
+            counts[key] = counts.get(key, 0) + 1
+            routes = self._routes
+            route = routes.get(key)
+            other = routes.get("ticker:all") if env.channel == "ticker" else None
+            if route is None and other is None:
+                return None
+            self._deliver(env, raw, route, other, data)
+            return None
+
+        return feed
+
+    def _control(self, link: Link, env: Any, data: str | bytes) -> str | None:
+        self._control_frames += 1
+        kind = env.type
+        if kind == "ping":
+            self._pings += 1
+            return PONG
+        if kind in ("subscribed", "unsubscribed"):
+            link.on_ack(kind, normalize_key(env.channel))
+        elif kind == "error":
+            self._server_errors += 1
+            err = link.on_error(
+                str(env.code or "UNKNOWN"), str(env.message or ""), normalize_key(env.channel)
+            )
+            self.log.warning("server error on link %d: %s", link.index, err)
+            self._emit_error(err, {"channel": err.channel, "code": err.code, "link": link.index})
+        elif kind != "pong":
+            self.log.debug("ignored a control message of type %r", kind)
+        return None
+
+    def _deliver(
+        self,
+        env: Any,
+        raw: msgspec.Raw,
+        route: Route | None,
+        other: Route | None,
+        data: str | bytes,
+    ) -> None:
+        kind = route.kind if route is not None else "ticker"
+        want_dict = (route is not None and route.dict_slots) or (
+            other is not None and other.dict_slots
+        )
+        want_typed = (route is not None and route.typed_slots) or (
+            other is not None and other.typed_slots
+        )
+        plain: Any = None
+        typed: Any = None
+        if want_dict:
+            plain = dict_decoder.decode(raw)
+            if type(plain) is not dict:
+                self._bad_frame("data is not an object", data)
+                return
+            if kind == "ticker":
+                plain["symbol"] = env.symbol
+            elif kind == "candles":
+                plain["symbol"] = env.symbol
+                plain["interval"] = env.interval
+                if "open_time" not in plain:
+                    plain["open_time"] = plain.get("time")
+                elif "time" not in plain:
+                    plain["time"] = plain["open_time"]
+            elif kind == "orders":
+                for name in _ORDER_OPTIONAL:
+                    plain.setdefault(name, None)
+            else:
+                plain.setdefault("roi_pct", None)
+        if want_typed:
+            try:
+                typed = DECODERS[kind].decode(raw)
+            except msgspec.MsgspecError as exc:
+                self._invalid += 1
+                self._log_drop("dropped an invalid %s event: %s", kind, exc)
+                self._emit_error(
+                    DecodeError(f"invalid {kind} event: {exc}", frame=str(data)[:200]),
+                    {"stage": "decode", "channel": kind},
+                )
+            else:
+                if kind == "ticker":
+                    _set(typed, "symbol", env.symbol)
+                elif kind == "candles":
+                    _set(typed, "symbol", env.symbol)
+                    _set(typed, "interval", env.interval)
+        closed = True
+        if kind == "candles":
+            closed = (
+                bool(plain.get("is_closed"))
+                if plain is not None
+                else bool(typed is not None and typed.is_closed)
+            )
+        for r in (route, other):
+            if r is None:
+                continue
+            if plain is not None:
+                for slot in r.dict_slots:
+                    if closed or slot.partial:
+                        slot.push(plain)
+            if typed is not None:
+                for slot in r.typed_slots:
+                    if closed or slot.partial:
+                        slot.push(typed)
+
+    # -- stats ------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> Stats:
+        """Counters and state (a snapshot; read it as often as you like).
+
+        Example:
+            >>> print(ws.stats.messages_total, ws.stats.reconnects)
+        """
+        with self._lock:
+            slots = [s for v in self._slots.values() for s in v] + [
+                s for v in self._kind_listeners.values() for s in v
+            ]
+        last = self._last_frame_at
+        return Stats(
+            state=self._state,
+            connections=sum(1 for lk in self._links if lk.conn is not None),
+            reconnects=self._reconnects,
+            failed_attempts=sum(lk.stats.failed_attempts for lk in self._links),
+            messages=dict(self._counts),
+            messages_total=self._data_frames,
+            control_messages=self._control_frames,
+            pings=self._pings,
+            dropped_frames=self._dropped,
+            invalid_events=self._invalid,
+            handler_errors=self._handler_errors,
+            conflated=sum(s.conflated for s in slots),
+            server_errors=self._server_errors,
+            queued=sum(len(s.queue) for s in slots),
+            last_message_age=None if last is None else time.monotonic() - last,
+        )
+
+
+_END: Any = object()

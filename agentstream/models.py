@@ -1,0 +1,169 @@
+"""Typed events: frozen msgspec Structs with ``Decimal`` amounts and aware ``datetime``s.
+
+A handler whose first parameter is annotated with one of these gets that type, decoded
+straight from the frame; an unannotated handler gets a plain ``dict``.
+
+Example:
+    >>> @ws.on_ticker("BTCUSDT")
+    ... def on_btc(t: Ticker) -> None:
+    ...     print(t.symbol, t.price + 1)      # Decimal arithmetic, no float error
+
+Every model validates what it decodes: a NaN or negative price, a timestamp that is
+neither ISO-8601 nor epoch milliseconds, a missing field: the frame is dropped and
+counted in ``ws.stats``, and no handler sees it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import msgspec
+
+__all__ = ["Candle", "Event", "OrderUpdate", "Portfolio", "Ticker"]
+
+if TYPE_CHECKING:
+    _Time = datetime
+    _OptTime = datetime | None
+else:
+    # On the wire a timestamp is an ISO-8601 string or (seen from some servers) an epoch
+    # integer; __post_init__ turns integers into datetimes, so users only ever see datetime.
+    _Time = datetime | int
+    _OptTime = datetime | int | None
+
+_EPOCH_MS_THRESHOLD = 100_000_000_000  # integers above this are milliseconds, not seconds
+_UNSET = datetime.min.replace(tzinfo=UTC)
+_set = msgspec.structs.force_setattr
+
+
+def _as_datetime(value: datetime | int) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if value > _EPOCH_MS_THRESHOLD:
+        return datetime.fromtimestamp(value / 1000, UTC)
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _fix_time(obj: msgspec.Struct, name: str) -> None:
+    """Replace an epoch integer in field ``name`` with its datetime (ISO strings already are)."""
+    value = getattr(obj, name)
+    if isinstance(value, int):
+        _set(obj, name, _as_datetime(value))
+
+
+def _check_amount(name: str, value: Decimal | None, *, positive: bool = False) -> None:
+    if value is None:
+        return
+    if not value.is_finite():
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}")
+
+
+class Ticker(msgspec.Struct, frozen=True, kw_only=True):
+    """One trade of a pair (the ``ticker`` channel)."""
+
+    symbol: str = ""
+    price: Decimal
+    quantity: Decimal | None = None
+    timestamp: _Time
+    is_buyer_maker: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_amount("price", self.price, positive=True)
+        _check_amount("quantity", self.quantity)
+        _fix_time(self, "timestamp")
+
+
+class Candle(msgspec.Struct, frozen=True, kw_only=True):
+    """An OHLCV candle (the ``candles`` channel).
+
+    ``open_time`` is the start of the candle (the server sends it as ``time``; both
+    names are accepted and both attributes are set). ``is_closed`` is true on the
+    final update of the candle.
+    """
+
+    symbol: str = ""
+    interval: str = ""
+    open_time: _Time = _UNSET
+    time: _Time = _UNSET
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    is_closed: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("open", "high", "low", "close"):
+            _check_amount(name, getattr(self, name), positive=True)
+        _check_amount("volume", self.volume)
+        if self.low > self.high:
+            raise ValueError("low is above high")
+        open_time = self.open_time if self.open_time is not _UNSET else self.time
+        if open_time is _UNSET:
+            raise ValueError("a candle needs `time` (or `open_time`)")
+        open_time = _as_datetime(open_time)
+        _set(self, "open_time", open_time)
+        _set(self, "time", open_time)
+
+
+class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """A status change of one of the account's orders (the ``orders`` channel).
+
+    Optional fields are None unless they apply (``executed_price`` once filled, ...).
+    ``status`` is one of ``pending``, ``open``, ``partially_filled``, ``filled``,
+    ``cancelled``, ``rejected``, ``expired``.
+    """
+
+    order_id: str
+    status: str
+    symbol: str
+    side: str
+    type: str
+    quantity: Decimal
+    price: Decimal | None = None
+    executed_price: Decimal | None = None
+    executed_quantity: Decimal | None = None
+    fee: Decimal | None = None
+    filled_at: _OptTime = None
+    cancelled_at: _OptTime = None
+    rejected_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.order_id:
+            raise ValueError("order_id is empty")
+        _check_amount("quantity", self.quantity, positive=True)
+        for name in ("price", "executed_price", "executed_quantity", "fee"):
+            _check_amount(name, getattr(self, name))
+        _fix_time(self, "filled_at")
+        _fix_time(self, "cancelled_at")
+
+
+class Portfolio(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the account (the ``portfolio`` channel).
+
+    ``roi_pct`` is None when the server does not send it (the platform's own server
+    does not; the simulated exchange does).
+    """
+
+    total_equity: Decimal
+    available_cash: Decimal
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal
+    roi_pct: Decimal | None = None
+    timestamp: _OptTime = None
+
+    def __post_init__(self) -> None:
+        for name in ("total_equity", "available_cash", "unrealized_pnl", "realized_pnl"):
+            value = getattr(self, name)
+            if not value.is_finite():
+                raise ValueError(f"{name} must be finite")
+        if self.roi_pct is not None and not self.roi_pct.is_finite():
+            raise ValueError("roi_pct must be finite")
+        _fix_time(self, "timestamp")
+
+
+#: Any typed event.
+Event = Ticker | Candle | OrderUpdate | Portfolio

@@ -1,0 +1,195 @@
+"""The one place agentstream's client does I/O: aiohttp, mapped to agentstream's errors.
+
+``Transport.connect`` opens a socket or raises one of our errors (with the API key
+masked); ``Connection.pump`` is the read loop: it hands every text or binary frame to
+a synchronous ``feed`` callback and sends back whatever ``feed`` returns (a pong). The
+loop itself never runs user code, so a slow handler can never delay a pong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from agentstream._redact import mask_url
+from agentstream.errors import (
+    AuthenticationError,
+    HandshakeError,
+    StreamConnectionError,
+)
+from agentstream.protocols.agentexchange import AUTH_HTTP_STATUSES
+
+if TYPE_CHECKING:
+    import ssl as _ssl
+
+__all__ = ["CloseInfo", "Connection", "Transport"]
+
+log = logging.getLogger("agentstream")
+
+Feed = Callable[[str | bytes], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseInfo:
+    """How a connection ended: the close code (None if TCP just died) and why."""
+
+    code: int | None
+    reason: str
+
+
+class Connection:
+    """One open WebSocket."""
+
+    __slots__ = ("_ws", "frames", "opened_at")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        #: Frames of any kind received so far (the liveness watchdog reads this).
+        self.frames = 0
+        self.opened_at = time.monotonic()
+
+    async def pump(self, feed: Feed) -> CloseInfo:
+        """Read until the connection ends; return how it ended. Never raises for I/O."""
+        ws = self._ws
+        receive = ws.receive
+        text, binary = WSMsgType.TEXT, WSMsgType.BINARY
+        try:
+            while True:
+                msg = await receive()
+                kind = msg.type
+                if kind is text or kind is binary:
+                    self.frames += 1
+                    reply = feed(msg.data)
+                    if reply is not None:
+                        await ws.send_str(reply)
+                elif kind is WSMsgType.PING:
+                    self.frames += 1
+                    await ws.pong(msg.data)
+                elif kind is WSMsgType.PONG:
+                    self.frames += 1
+                elif kind is WSMsgType.ERROR:
+                    exc = ws.exception()
+                    return CloseInfo(ws.close_code, f"error: {type(exc).__name__}: {exc}")
+                else:  # CLOSE, CLOSING, CLOSED
+                    reason = msg.extra if kind is WSMsgType.CLOSE and msg.extra else ""
+                    code = ws.close_code
+                    if code == 1006 or code is None:
+                        return CloseInfo(code, "connection lost (no close frame)")
+                    suffix = f": {reason}" if reason else ""
+                    return CloseInfo(code, f"closed by server ({code}{suffix})")
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            return CloseInfo(None, f"connection lost: {type(exc).__name__}")
+
+    async def send(self, text: str) -> None:
+        """Send one text frame; a dead connection is ignored (the pump will notice)."""
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
+            await self._ws.send_str(text)
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a close handshake (a stale socket)."""
+        # aiohttp has no public abort for a client socket; its writer holds the transport.
+        transport = self._ws._writer.transport
+        if not transport.is_closing():
+            transport.abort()
+
+    async def close(self) -> None:
+        """Close with code 1000 (the close handshake waits at most the close timeout)."""
+        with contextlib.suppress(
+            aiohttp.ClientError, ConnectionError, OSError, asyncio.TimeoutError
+        ):
+            await self._ws.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+
+class Transport:
+    """Opens connections with one shared aiohttp session.
+
+    Args:
+        ssl: ``None`` verifies certificates with the system's trust store (the default);
+            an ``ssl.SSLContext`` is used as given.
+        connect_timeout: seconds the TCP connect plus handshake may take.
+        close_timeout: seconds to wait for the server's answer to our close frame.
+        max_message_size: frames larger than this end the connection (it is re-opened).
+    """
+
+    def __init__(
+        self,
+        *,
+        ssl: _ssl.SSLContext | None,
+        connect_timeout: float,
+        close_timeout: float,
+        max_message_size: int,
+    ) -> None:
+        self._ssl = ssl
+        self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
+        self._max_message_size = max_message_size
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Transport:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def connect(self, url: str) -> Connection:
+        """Open a WebSocket to ``url``.
+
+        Raises:
+            AuthenticationError: the handshake was answered 401 or 403.
+            HandshakeError: any other non-101 status (retryable).
+            StreamConnectionError: refused, unreachable, TLS failure or timed out.
+        """
+        session = self._session
+        if session is None:
+            raise RuntimeError("Transport used outside `async with`")
+        safe = mask_url(url)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                ws = await session.ws_connect(
+                    url,
+                    autoping=False,
+                    autoclose=True,
+                    heartbeat=None,
+                    max_msg_size=self._max_message_size,
+                    ssl=self._ssl if self._ssl is not None else True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._close_timeout),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in AUTH_HTTP_STATUSES:
+                raise AuthenticationError(
+                    f"the server refused the API key (HTTP {exc.status}) at {safe}",
+                    status=exc.status,
+                ) from None
+            raise HandshakeError(
+                f"handshake with {safe} answered HTTP {exc.status}", status=exc.status
+            ) from None
+        except TimeoutError:
+            raise StreamConnectionError(
+                f"connecting to {safe} timed out after {self._connect_timeout:g} s"
+            ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise StreamConnectionError(
+                f"TLS certificate of {safe} not trusted: {exc.certificate_error}"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise StreamConnectionError(
+                f"cannot connect to {safe}: {type(exc).__name__}: {mask_url(str(exc))}"
+            ) from None
+        return Connection(ws)
