@@ -68,21 +68,42 @@ _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warnin
 
 
 def first_param_model(fn: Callable[..., Any]) -> type[Any] | None:
-    """The agentstream model the handler's first parameter is annotated with, if any."""
+    """The agentstream model the handler's first parameter is annotated with, if any.
+
+    Only the first parameter's annotation is resolved (a string annotation, as under
+    ``from __future__ import annotations``, is evaluated in the function's globals), so
+    an unresolvable annotation elsewhere does not hide it. Callable objects are
+    inspected through their ``__call__``.
+    """
+    target: Any = fn
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn)) and hasattr(fn, "__call__"):  # noqa: B004
+        call = fn.__call__
+        if inspect.isfunction(call) or inspect.ismethod(call):
+            target = call
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        params = list(inspect.signature(target).parameters.values())
     except (TypeError, ValueError):
         return None
     if not params:
         return None
     ann = params[0].annotation
     if isinstance(ann, str):
+        func = inspect.unwrap(getattr(target, "__func__", target))
+        namespace = dict(getattr(func, "__globals__", {}))
         try:
-            hints = typing.get_type_hints(fn)
+            ann = eval(ann, namespace)  # an annotation string of the user's own code
         except Exception:
-            hints = {}
-        ann = hints.get(params[0].name, ann)
+            return _model_by_name(ann)
     return ann if ann in KIND_OF_MODEL else None
+
+
+def _model_by_name(name: str) -> type[Any] | None:
+    """Last resort for an annotation that cannot be evaluated: match the model's name."""
+    short = name.rsplit(".", 1)[-1]
+    for model in KIND_OF_MODEL:
+        if model.__name__ == short:
+            return model
+    return None
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:

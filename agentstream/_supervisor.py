@@ -101,6 +101,7 @@ class Link:
                 raise
             except StreamConnectionError as exc:
                 self.stats.failed_attempts += 1
+                client._failed_attempts += 1
                 delay = backoff.next()
                 log.warning("link %d: %s; retrying in %.2f s", self.index, exc, delay)
                 client._emit_error(exc, {"link": self.index, "stage": "connect"})

@@ -12,6 +12,7 @@ client or through the environment:
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class Backoff:
     attempts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        values = (self.initial, self.maximum, self.factor, self.jitter)
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigurationError(f"backoff settings must be finite numbers, got {values}")
         if self.initial < 0 or self.maximum < self.initial:
             raise ConfigurationError("backoff needs 0 <= initial <= maximum")
         if self.factor < 1 or not 0 <= self.jitter <= 1:

@@ -234,6 +234,7 @@ class AgentExchangeWS:
         self._handler_errors = 0
         self._server_errors = 0
         self._reconnects = 0
+        self._failed_attempts = 0
         self._last_frame_at: float | None = None
         self._drop_logged_at = -1e9
         self._drops_unlogged = 0
@@ -578,6 +579,8 @@ class AgentExchangeWS:
                 self._portal = portal
                 try:
                     await self._run(raise_fatal=False)
+                except AgentStreamError:
+                    pass  # kept in self._fatal, raised below outside the portal's task group
                 finally:
                     self._portal = None
 
@@ -1081,7 +1084,7 @@ class AgentExchangeWS:
             state=self._state,
             connections=sum(1 for lk in self._links if lk.conn is not None),
             reconnects=self._reconnects,
-            failed_attempts=sum(lk.stats.failed_attempts for lk in self._links),
+            failed_attempts=self._failed_attempts,
             messages=dict(self._counts),
             messages_total=self._data_frames,
             control_messages=self._control_frames,

@@ -39,16 +39,20 @@ _set = msgspec.structs.force_setattr
 
 def _as_datetime(value: datetime | int) -> datetime:
     if isinstance(value, datetime):
-        return value
-    if value > _EPOCH_MS_THRESHOLD:
-        return datetime.fromtimestamp(value / 1000, UTC)
-    return datetime.fromtimestamp(value, UTC)
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        if value > _EPOCH_MS_THRESHOLD:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        # msgspec turns ValueError into a ValidationError; the others would escape it.
+        raise ValueError(f"timestamp {value} is out of range") from None
 
 
 def _fix_time(obj: msgspec.Struct, name: str) -> None:
-    """Replace an epoch integer in field ``name`` with its datetime (ISO strings already are)."""
+    """Make field ``name`` an aware datetime: epoch integers converted, naive taken as UTC."""
     value = getattr(obj, name)
-    if isinstance(value, int):
+    if isinstance(value, int) or (isinstance(value, datetime) and value.tzinfo is None):
         _set(obj, name, _as_datetime(value))
 
 

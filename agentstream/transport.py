@@ -67,7 +67,12 @@ class Connection:
                 kind = msg.type
                 if kind is text or kind is binary:
                     self.frames += 1
-                    reply = feed(msg.data)
+                    try:
+                        reply = feed(msg.data)
+                    except Exception:
+                        # A safety net: nothing a server sends may end the read loop.
+                        log.exception("internal error while handling a frame; frame dropped")
+                        continue
                     if reply is not None:
                         await ws.send_str(reply)
                 elif kind is WSMsgType.PING:
@@ -160,6 +165,10 @@ class Transport:
         if session is None:
             raise RuntimeError("Transport used outside `async with`")
         safe = mask_url(url)
+        # Errors are raised after the `except` blocks, not inside them: aiohttp's
+        # exceptions carry the full URL, API key included, and must not become our
+        # errors' __context__.
+        error: Exception
         try:
             async with asyncio.timeout(self._connect_timeout):
                 ws = await session.ws_connect(
@@ -171,25 +180,27 @@ class Transport:
                     ssl=self._ssl if self._ssl is not None else True,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._close_timeout),
                 )
+            return Connection(ws)
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in AUTH_HTTP_STATUSES:
-                raise AuthenticationError(
+                error = AuthenticationError(
                     f"the server refused the API key (HTTP {exc.status}) at {safe}",
                     status=exc.status,
-                ) from None
-            raise HandshakeError(
-                f"handshake with {safe} answered HTTP {exc.status}", status=exc.status
-            ) from None
+                )
+            else:
+                error = HandshakeError(
+                    f"handshake with {safe} answered HTTP {exc.status}", status=exc.status
+                )
         except TimeoutError:
-            raise StreamConnectionError(
+            error = StreamConnectionError(
                 f"connecting to {safe} timed out after {self._connect_timeout:g} s"
-            ) from None
+            )
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise StreamConnectionError(
+            error = StreamConnectionError(
                 f"TLS certificate of {safe} not trusted: {exc.certificate_error}"
-            ) from None
+            )
         except (aiohttp.ClientError, OSError) as exc:
-            raise StreamConnectionError(
+            error = StreamConnectionError(
                 f"cannot connect to {safe}: {type(exc).__name__}: {mask_url(str(exc))}"
-            ) from None
-        return Connection(ws)
+            )
+        raise error
