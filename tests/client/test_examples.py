@@ -1,0 +1,254 @@
+"""Every file in examples/ runs unchanged against a real simulated exchange.
+
+The examples are the seed page's snippets (only the import line differs). Each runs in a
+subprocess with ``sys.executable``; ``AGENTSTREAM_BASE_URL`` points the ones that pass no
+``base_url`` at an in-process :class:`SimExchange`, and ``AGENTEXCHANGE_API_KEY`` /
+``AGENTEXCHANGE_WS_URL`` feed the ones that read them. Long-running examples are read
+until their expected output appears, then terminated and reaped; the others must exit
+by themselves with status 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import pytest
+
+from agentstream.sim import DEMO_API_KEY, SimExchange
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+#: The key the seed page's snippets hard-code: the sim accepts it so they run unchanged.
+PAGE_KEY = "ak_live_..."
+DEADLINE = 15.0
+
+
+@contextlib.asynccontextmanager
+async def exchange() -> AsyncIterator[SimExchange]:
+    """A fast sim on a free port that accepts the page's key and the demo key."""
+    async with SimExchange(
+        port=0,
+        speed=120,
+        tick_rate=1000,
+        step_interval=0.01,
+        order_interval=0.05,
+        portfolio_interval=0.5,
+        ping_interval=0.5,
+        pong_timeout=2,
+        api_keys={PAGE_KEY: Decimal("10000"), DEMO_API_KEY: Decimal("10000")},
+    ) as sim:
+        yield sim
+
+
+def example_env(sim: SimExchange) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+    paths = [str(EXAMPLES), str(ROOT)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env.update(
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(paths),
+        AGENTSTREAM_BASE_URL=sim.url,
+        AGENTEXCHANGE_API_KEY=DEMO_API_KEY,
+        AGENTEXCHANGE_WS_URL=sim.url,
+    )
+    return env
+
+
+def command(name: str) -> list[str]:
+    # decorators.py uses top-level `await`, as the page does: it runs under `agentstream run`.
+    if name == "decorators.py":
+        return [sys.executable, "-m", "agentstream", "run", name]
+    return [sys.executable, name]
+
+
+class Example:
+    """A running example: its process and everything it printed so far."""
+
+    def __init__(self, name: str, process: anyio.abc.Process) -> None:
+        self.name = name
+        self.process = process
+        self.stdout = ""
+        self.stderr = ""
+
+    async def _read(self, stream: anyio.abc.ByteReceiveStream | None, attr: str) -> None:
+        assert stream is not None
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+            async for chunk in stream:
+                setattr(self, attr, getattr(self, attr) + chunk.decode(errors="replace"))
+
+    def returncode(self) -> int | None:
+        """The exit status, or None while it runs (a method: mypy must not narrow it)."""
+        return self.process.returncode
+
+    def report(self) -> str:
+        return (
+            f"{self.name} (return code {self.process.returncode})\n"
+            f"--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}"
+        )
+
+    async def expect(self, pattern: str, timeout: float = DEADLINE) -> re.Match[str]:
+        """Wait until stdout matches ``pattern`` (a regex); fail the test otherwise."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = regex.search(self.stdout)
+            if m is not None:
+                return m
+            if self.process.returncode is not None:
+                await anyio.sleep(0.1)  # let the readers drain the pipes
+                if (m := regex.search(self.stdout)) is not None:
+                    return m
+                pytest.fail(f"exited before printing {pattern!r}: {self.report()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern!r} within {timeout} s: {self.report()}")
+            await anyio.sleep(0.02)
+
+    async def exited(self, timeout: float = DEADLINE) -> int:
+        """Wait for the example to exit by itself; return its code."""
+        with anyio.move_on_after(timeout):
+            code = await self.process.wait()
+            await anyio.sleep(0.05)  # let the readers drain the pipes
+            return code
+        pytest.fail(f"did not exit within {timeout} s: {self.report()}")
+
+
+@contextlib.asynccontextmanager
+async def run_example(name: str, sim: SimExchange) -> AsyncIterator[Example]:
+    """Run ``examples/name``; on the way out terminate it (if alive) and reap it."""
+    process = await anyio.open_process(
+        command(name),
+        cwd=EXAMPLES,
+        env=example_env(sim),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    async with process:
+        ex = Example(name, process)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ex._read, process.stdout, "stdout")
+            tg.start_soon(ex._read, process.stderr, "stderr")
+            try:
+                yield ex
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if process.returncode is None:
+                        process.terminate()
+                        with anyio.move_on_after(5):
+                            await process.wait()
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+    assert process.returncode is not None  # reaped
+
+
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await anyio.sleep(0.02)
+
+
+def subscribed(sim: SimExchange, *keys: str) -> Callable[[], bool]:
+    return lambda: any(set(keys) <= subs for subs in sim.subscriptions())
+
+
+def test_every_example_is_covered() -> None:
+    covered = {*SELF_EXITING, *STREAMING, "channels.py", "async_event_loop.py"}
+    assert len(covered) == 8
+    assert {p.name for p in EXAMPLES.glob("*.py")} == covered
+
+
+SELF_EXITING = ["construction.py", "run_forever.py", "agent_setup.py", "price_stream.py"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", SELF_EXITING)
+async def test_example_exits_cleanly(name: str) -> None:
+    async with exchange() as sim, run_example(name, sim) as ex:
+        code = await ex.exited()
+        assert code == 0, ex.report()
+        assert "Traceback" not in ex.stderr, ex.report()
+
+
+STREAMING = {
+    "connect.py": r"BTC: \$\d+(\.\d+)?\n",
+    "decorators.py": r"BTC: \$\d+(\.\d+)?\n",
+}
+
+
+@pytest.mark.anyio
+async def test_decorators_example_every_handler() -> None:
+    async with exchange() as sim, run_example("decorators.py", sim) as ex:
+        await ex.expect(r"BTC: \$\d+(\.\d+)?\n")
+        await ex.expect(r"ETH: \$\d+(\.\d+)?\n")
+        await wait_until(subscribed(sim, "orders", "portfolio"), "orders and portfolio")
+        order = await sim.place_order(
+            PAGE_KEY, symbol="ETHUSDT", side="buy", type="market", quantity="0.1"
+        )
+        # The page's f-string has no separator between the id and the status.
+        await ex.expect(re.escape(f"Order {order['order_id']}filled") + r"\n")
+        m = await ex.expect(r"Equity: \$(\d+(\.\d+)?)\n")
+        assert Decimal(m.group(1)) > 0
+        assert ex.returncode() is None, ex.report()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("name", "pattern"), sorted(STREAMING.items()))
+async def test_streaming_example_prints_prices(name: str, pattern: str) -> None:
+    async with exchange() as sim, run_example(name, sim) as ex:
+        await ex.expect(pattern)
+        assert ex.returncode() is None, "it must keep running"
+        assert sim.open_connections(), "it must still be connected"
+    # Terminated by the harness, not crashed.
+    assert ex.returncode() == -signal.SIGTERM, ex.report()
+    assert "Traceback" not in ex.stderr, ex.report()
+
+
+@pytest.mark.anyio
+async def test_channels_example() -> None:
+    async with exchange() as sim, run_example("channels.py", sim) as ex:
+        await ex.expect(r"SOLUSDT: \$\d+(\.\d+)?\n")
+        await wait_until(subscribed(sim, "orders", "portfolio"), "orders and portfolio")
+        order = await sim.place_order(
+            PAGE_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.01"
+        )
+        order_id = str(order["order_id"])
+        await ex.expect(r"1m candle closed at \$\d+(\.\d+)?\n")
+        await ex.expect(re.escape(f"Order {order_id}: filled") + r"\n")
+        await ex.expect(r"  Filled at: \$\d+(\.\d+)?\n")
+        m = await ex.expect(r"Equity: \$(\d+(\.\d+)?)  ROI: (-?\d+(\.\d+)?|None)%\n")
+        assert Decimal(m.group(1)) > 0
+        # The `all` handler prints nothing; only SOLUSDT prices are printed as tickers.
+        tickers = re.findall(r"^([A-Z0-9]+): \$", ex.stdout, re.M)
+        assert set(tickers) == {"SOLUSDT"}, ex.stdout[-2000:]
+        assert ex.returncode() is None, ex.report()
+
+
+@pytest.mark.anyio
+async def test_async_event_loop_example() -> None:
+    async with exchange() as sim, run_example("async_event_loop.py", sim) as ex:
+        await wait_until(subscribed(sim, "ticker:all", "orders"), "ticker_all and orders")
+        await sim.place_order(
+            DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.01"
+        )
+        m = await ex.expect(r"\[FILL\] BTCUSDT buy (\S+) @ (\S+)\n")
+        assert Decimal(m.group(1)) == Decimal("0.01")
+        assert Decimal(m.group(2)) > 0
+        assert ex.returncode() is None, ex.report()

@@ -1,0 +1,530 @@
+"""The supervisor rules, each shown against the real simulated exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+
+from agentstream import (
+    AgentExchangeWS,
+    AuthenticationError,
+    Candle,
+    HandlerError,
+    OrderUpdate,
+    ServerError,
+    StaleConnectionError,
+    Ticker,
+)
+from agentstream.sim import DEMO_API_KEY, SimExchange
+from tests.client.conftest import FAST, make_client, running, wait_for
+
+pytestmark = pytest.mark.anyio
+
+CHANNELS = {"ticker:BTCUSDT", "ticker:ETHUSDT", "candles:BTCUSDT:1m", "orders", "portfolio"}
+
+
+def _register_five(ws: AgentExchangeWS, sink: list[Any]) -> None:
+    ws.on_ticker("BTCUSDT", sink.append)
+    ws.on_ticker("ETHUSDT", sink.append)
+    ws.on_candles("BTCUSDT", "1m", sink.append)
+    ws.on_order_update(sink.append)
+    ws.on_portfolio(sink.append)
+
+
+async def test_resubscribes_exactly_after_every_drop(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    got: list[Any] = []
+    _register_five(ws, got)
+    async with running(ws):
+        for i in range(5):
+            await wait_for(lambda: sim.subscriptions() == [CHANNELS], what="full subscription")
+            opened = sim.stats.connections_opened
+            await sim.drop_connections(code=None if i % 2 else 1012)
+            await wait_for(
+                lambda n=opened: sim.stats.connections_opened == n + 1,  # type: ignore[misc]
+                what="reconnect",
+            )
+        await wait_for(lambda: sim.subscriptions() == [CHANNELS])
+        assert ws.stats.reconnects == 5
+    records = list(sim.connection_log)
+    assert len(records) == 6
+    for rec in records:
+        # Exactly the current set on every connection: nothing missing, nothing twice.
+        assert Counter(rec.subscribe_requests) == Counter(CHANNELS), rec
+
+
+async def test_channel_added_while_disconnected_is_subscribed_once(sim: SimExchange) -> None:
+    ws = make_client(sim, backoff_initial=0.05)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    async with running(ws):
+        await wait_for(lambda: sim.subscriptions() == [{"ticker:BTCUSDT"}])
+        sim.refuse_handshakes(503)
+        await sim.drop_connections()
+        await wait_for(lambda: ws.stats.failed_attempts >= 1, what="a refused attempt")
+        ws.on_ticker("SOLUSDT", lambda d: None)
+        ws.on_order_update(lambda d: None)
+        sim.accept_handshakes()
+        want = {"ticker:BTCUSDT", "ticker:SOLUSDT", "orders"}
+        await wait_for(lambda: sim.subscriptions() == [want], what="resubscription")
+    last = list(sim.connection_log)[-1]
+    assert Counter(last.subscribe_requests) == Counter(want)
+
+
+async def test_handler_added_and_removed_while_connected(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    async with running(ws):
+        await wait_for(lambda: sim.subscriptions() == [{"ticker:BTCUSDT"}])
+
+        def on_eth(d: dict[str, Any]) -> None:
+            pass
+
+        ws.on_ticker("ETHUSDT", on_eth)
+        await wait_for(lambda: sim.subscriptions() == [{"ticker:BTCUSDT", "ticker:ETHUSDT"}])
+        assert ws.remove_handler(on_eth) == 1
+        await wait_for(lambda: sim.subscriptions() == [{"ticker:BTCUSDT"}])
+        ws.unsubscribe("ticker:BTCUSDT")
+        await wait_for(lambda: sim.subscriptions() == [set()])
+    rec = next(iter(sim.connection_log))
+    assert sorted(rec.unsubscribe_requests) == ["ticker:BTCUSDT", "ticker:ETHUSDT"]
+
+
+async def test_silent_server_is_detected_and_left(sim: SimExchange) -> None:
+    stale = 0.4
+    ws = make_client(sim, stale_timeout=stale)
+    errors: list[BaseException] = []
+    ws.on_error(lambda exc, ctx: errors.append(exc))
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    async with running(ws):
+        await wait_for(lambda: ws.stats.messages_total > 10)
+        silenced_at = time.monotonic()
+        assert sim.go_silent() == 1
+        await wait_for(lambda: sim.stats.connections_opened == 2, timeout=3, what="reconnect")
+        detected = time.monotonic() - silenced_at
+        await wait_for(lambda: any(isinstance(e, StaleConnectionError) for e in errors))
+        before = ws.stats.messages_total
+        await wait_for(lambda: ws.stats.messages_total > before + 10, what="data again")
+    # Detected within the stale timeout + 10 %, plus the first backoff step (0.02 s).
+    assert stale <= detected <= stale * 1.1 + 0.02 + 0.1
+
+
+async def test_pings_without_data_are_not_stale() -> None:
+    async with SimExchange(tick_rate=0, ping_interval=0.05, pong_timeout=0.2) as quiet:
+        ws = AgentExchangeWS(DEMO_API_KEY, quiet.url, **{**FAST, "stale_timeout": 0.3})
+        ws.on_order_update(lambda d: None)
+        async with running(ws):
+            await anyio.sleep(1.2)
+            assert ws.stats.messages_total == 0
+            assert ws.stats.pings >= 10
+        assert quiet.stats.connections_opened == 1
+        assert ws.stats.reconnects == 0
+
+
+@pytest.mark.parametrize("mode", ["http", "close"])
+async def test_auth_refused_once_and_fatal(mode: str) -> None:
+    async with SimExchange(auth_failure=mode) as s:
+        ws = AgentExchangeWS("ak_live_wrongwrongwrong", s.url, **FAST)
+        ws.on_ticker("BTCUSDT", lambda d: None)
+        with anyio.fail_after(5), pytest.raises(AuthenticationError) as info:
+            await ws.connect()
+        await anyio.sleep(0.3)  # any retry would have happened by now
+        assert s.stats.handshakes == 1
+        assert ws.error is info.value
+        assert ws.stats.state == "failed"
+        if mode == "http":
+            assert info.value.status == 403
+        else:
+            assert info.value.close_code == 4401
+
+
+async def test_key_revoked_mid_stream_stops_for_good(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+
+    async def revoke() -> None:
+        await wait_for(lambda: ws.stats.messages_total > 0)
+        await sim.revoke_key(DEMO_API_KEY)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(revoke)
+            with pytest.raises(AuthenticationError) as info:
+                await ws.connect()
+    assert info.value.close_code == 4401
+    assert sim.stats.connections_opened == 1
+
+
+async def test_5xx_retried_on_the_backoff_schedule(sim: SimExchange) -> None:
+    ws = make_client(sim, backoff_initial=0.05, backoff_max=0.4, backoff_jitter=0.0)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    sim.refuse_handshakes(503, count=4)
+    started = time.monotonic()
+    async with running(ws):
+        await wait_for(lambda: sim.stats.connections_opened == 1, timeout=5)
+        took = time.monotonic() - started
+    assert sim.stats.handshakes_refused == 4
+    assert ws.stats.failed_attempts == 4
+    # 0.05 + 0.1 + 0.2 + 0.4 before the fifth attempt
+    assert 0.75 <= took < 2.0
+
+
+async def test_raising_handler_is_reported_and_stream_goes_on(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    good: list[Any] = []
+    errors: list[tuple[BaseException, dict[str, Any]]] = []
+
+    def bad(data: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    ws.on_ticker("BTCUSDT", bad)
+    ws.on_ticker("BTCUSDT", good.append)
+    ws.on_error(lambda exc, ctx: errors.append((exc, ctx)))
+    async with running(ws):
+        await wait_for(lambda: len(good) > 50 and len(errors) > 50)
+    assert ws.stats.handler_errors >= 50
+    exc, ctx = errors[0]
+    assert isinstance(exc, HandlerError)
+    assert isinstance(exc.__cause__, RuntimeError)
+    assert ctx["channel"] == "ticker:BTCUSDT"
+    assert sim.stats.connections_opened == 1
+
+
+@pytest.mark.parametrize("kind", ["async", "thread"])
+async def test_slow_handler_delays_neither_pongs_nor_orders(kind: str) -> None:
+    # Pings every 50 ms with 150 ms of grace: a delayed pong would get us dropped.
+    async with SimExchange(
+        tick_rate=3000, ping_interval=0.05, pong_timeout=0.15, order_interval=0.02
+    ) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST, queue_size=200)
+        order_times: dict[str, float] = {}
+        slow_calls: list[int] = []
+        if kind == "async":
+
+            async def slow(data: dict[str, Any]) -> None:
+                slow_calls.append(1)
+                await asyncio.sleep(2)
+
+            ws.on_ticker("all", slow)
+        else:
+
+            def blocking(data: dict[str, Any]) -> None:
+                slow_calls.append(1)
+                time.sleep(2)
+
+            ws.on_ticker("all", blocking, thread=True)
+
+        def on_order(o: OrderUpdate) -> None:
+            order_times.setdefault(o.status, time.monotonic())
+
+        ws.on_order_update(on_order)
+        async with running(ws):
+            await wait_for(lambda: slow_calls, what="the slow handler to start")
+            placed = time.monotonic()
+            await s.place_order(
+                DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
+            )
+            await wait_for(lambda: "filled" in order_times, timeout=2, what="the fill")
+            await anyio.sleep(0.5)  # several ping periods while the handler is still busy
+            pongs = s.open_connections()[0].pongs
+        assert order_times["pending"] - placed < 0.3
+        assert order_times["filled"] - placed < 0.5
+        assert s.stats.connections_opened == 1, "a late pong got the client dropped"
+        assert pongs >= 8
+        assert ws.stats.conflated > 0  # the slow tick handler's queue conflated
+
+
+async def test_typed_handlers_and_candles_closed_only_by_default(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    ticks: list[Ticker] = []
+    closed: list[Candle] = []
+    partial: list[Candle] = []
+
+    def on_tick(t: Ticker) -> None:
+        ticks.append(t)
+
+    def on_closed(c: Candle) -> None:
+        closed.append(c)
+
+    def on_partial(c: Candle) -> None:
+        partial.append(c)
+
+    ws.on_ticker("ETHUSDT", on_tick)
+    ws.on_candles("BTCUSDT", "1m", on_closed)
+    ws.on_candles("BTCUSDT", "1m", on_partial, partial=True)
+    async with running(ws):
+        await wait_for(lambda: len(closed) >= 2 and len(ticks) > 5, timeout=5)
+    t = ticks[0]
+    assert t.symbol == "ETHUSDT"
+    assert isinstance(t.price, Decimal)
+    assert t.timestamp.tzinfo is not None
+    assert all(c.is_closed for c in closed)
+    assert any(not c.is_closed for c in partial)
+    assert closed[1].open_time - closed[0].open_time == (closed[1].time - closed[0].time)
+    assert (closed[1].open_time - closed[0].open_time).total_seconds() == 60
+    assert closed[0].symbol == "BTCUSDT"
+    assert closed[0].interval == "1m"
+
+
+async def test_dict_payloads_have_the_seed_fields(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    seen: dict[str, dict[str, Any]] = {}
+    ws.on_ticker("SOLUSDT", lambda d: seen.setdefault("ticker", d))
+    ws.on_candles("BTCUSDT", "1m", lambda d: seen.setdefault("candle", d))
+    ws.on_order_update(lambda d: seen.setdefault("order", d))
+    ws.on_portfolio(lambda d: seen.setdefault("portfolio", d))
+    async with running(ws):
+        await wait_for(lambda: "ticker" in seen)
+        await sim.place_order(
+            DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
+        )
+        await wait_for(lambda: len(seen) == 4, timeout=5)
+    assert seen["ticker"]["symbol"] == "SOLUSDT"
+    assert isinstance(seen["ticker"]["price"], str)
+    c = seen["candle"]
+    assert c["symbol"] == "BTCUSDT"
+    assert c["interval"] == "1m"
+    assert c["open_time"] == c["time"]
+    assert {"open", "high", "low", "close", "volume"} <= set(c)
+    o = seen["order"]
+    assert o["status"] == "pending"
+    assert o["executed_price"] is None  # present even before it applies
+    assert "roi_pct" in seen["portfolio"]
+
+
+async def test_all_wildcard_gets_many_symbols(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    symbols: set[str] = set()
+    ws.on_ticker("all", lambda d: symbols.add(d["symbol"]))
+    async with running(ws):
+        await wait_for(lambda: len(symbols) > 50)
+    assert next(iter(sim.connection_log)).subscribe_requests == ["ticker:all"]
+
+
+async def test_more_than_ten_channels_use_more_connections(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    symbols = list(sim.market.pairs)[:23]
+    for sym in symbols:
+        ws.on_ticker(sym, lambda d: None)
+    async with running(ws):
+        await wait_for(lambda: sum(len(s) for s in sim.subscriptions()) == 23)
+        subs = sim.subscriptions()
+    assert sorted(len(s) for s in subs) == [3, 10, 10]
+    assert set().union(*subs) == {f"ticker:{s}" for s in symbols}
+
+
+async def test_lower_server_limit_is_learned_without_losing_channels() -> None:
+    async with SimExchange(subscription_limit=3, tick_rate=500) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST)
+        errors: list[BaseException] = []
+        ws.on_error(lambda exc, ctx: errors.append(exc))
+        symbols = list(s.market.pairs)[:8]
+        for sym in symbols:
+            ws.on_ticker(sym, lambda d: None)
+        async with running(ws):
+            await wait_for(
+                lambda: set().union(*s.subscriptions()) == {f"ticker:{x}" for x in symbols},
+                what="every channel subscribed somewhere",
+            )
+            subs = s.subscriptions()
+        assert all(len(x) <= 3 for x in subs)
+        assert sum(len(x) for x in subs) == 8
+        limit_errors = [e for e in errors if isinstance(e, ServerError)]
+        assert limit_errors
+        assert limit_errors[0].code == "SUBSCRIPTION_LIMIT"
+
+
+async def test_invalid_channel_is_reported_and_the_rest_streams() -> None:
+    # The platform's own server knows no 15m candles: it answers INVALID_CHANNEL.
+    async with SimExchange(candle_intervals=("1m", "5m", "1h", "1d"), tick_rate=500) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST)
+        errors: list[tuple[BaseException, dict[str, Any]]] = []
+        ws.on_error(lambda exc, ctx: errors.append((exc, ctx)))
+        ws.on_candles("BTCUSDT", "15m", lambda d: None)
+        got: list[Any] = []
+        ws.on_ticker("BTCUSDT", got.append)
+        async with running(ws):
+            await wait_for(lambda: errors and len(got) > 5)
+            opened = s.stats.connections_opened
+            await s.drop_connections()
+            await wait_for(lambda: s.stats.connections_opened == opened + 1)
+            await wait_for(lambda: s.subscriptions() == [{"ticker:BTCUSDT"}])
+        exc, _ = errors[0]
+        assert isinstance(exc, ServerError)
+        assert exc.code == "INVALID_CHANNEL"
+        assert exc.channel == "candles:BTCUSDT:15m"
+        # Not sent again after the reconnect: it would only fail again.
+        assert list(s.connection_log)[-1].subscribe_requests == ["ticker:BTCUSDT"]
+
+
+async def test_malformed_frames_are_counted_and_dropped(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    typed: list[Ticker] = []
+
+    def on_btc(t: Ticker) -> None:
+        typed.append(t)
+
+    ws.on_ticker("BTCUSDT", on_btc)
+    async with running(ws):
+        await wait_for(lambda: len(typed) > 3)
+        sim.send_raw("{not json")
+        sim.send_raw(b"\x00\x01binary", binary=True)
+        sim.send_raw(
+            '{"channel":"ticker","symbol":"BTCUSDT","data":{"price":"NaN",'
+            '"timestamp":"2026-01-01T00:00:00Z"}}'
+        )
+        sim.send_raw('{"channel":"ticker","symbol":"BTCUSDT","data":[1,2]}')
+        await wait_for(lambda: ws.stats.dropped_frames >= 2 and ws.stats.invalid_events >= 2)
+        n = len(typed)
+        await wait_for(lambda: len(typed) > n + 3, what="the stream to go on")
+    assert all(t.price.is_finite() for t in typed)
+    assert sim.stats.connections_opened == 1
+
+
+async def test_subscribe_from_a_handler_and_from_another_thread(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    added = threading.Event()
+
+    def on_btc(data: dict[str, Any]) -> None:
+        if not added.is_set():
+            added.set()
+            ws.on_ticker("ETHUSDT", lambda d: None)  # from inside a handler
+
+    ws.on_ticker("BTCUSDT", on_btc)
+    async with running(ws):
+        await wait_for(lambda: sim.subscriptions() == [{"ticker:BTCUSDT", "ticker:ETHUSDT"}])
+        t = threading.Thread(target=lambda: ws.subscribe("ticker:SOLUSDT"))
+        t.start()
+        t.join()
+        await wait_for(
+            lambda: sim.subscriptions() == [{"ticker:BTCUSDT", "ticker:ETHUSDT", "ticker:SOLUSDT"}]
+        )
+
+
+async def test_listen_yields_typed_events(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    got: list[Ticker] = []
+    with anyio.fail_after(5):
+        async with ws:
+            async for t in ws.listen(Ticker, "BTCUSDT"):
+                got.append(t)
+                if len(got) == 5:
+                    break
+    assert all(t.symbol == "BTCUSDT" for t in got)
+    assert next(iter(sim.connection_log)).subscribe_requests == ["ticker:BTCUSDT"]
+
+
+async def test_hooks_connect_disconnect_reconnect(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    events: list[Any] = []
+    ws.on_connect(lambda: events.append("connect"))
+    ws.on_disconnect(lambda reason: events.append(("disconnect", reason)))
+
+    async def resync(client: AgentExchangeWS, tag: str) -> None:
+        events.append(("reconnect", client is ws, tag))
+
+    ws.on_reconnect(resync, "tag")
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    async with running(ws):
+        await wait_for(lambda: events == ["connect"])
+        await sim.drop_connections(code=1001)
+        await wait_for(lambda: len(events) == 4)
+    assert events[1][0] == "disconnect"
+    assert "1001" in events[1][1]
+    assert events[2:] == ["connect", ("reconnect", True, "tag")]
+
+
+async def test_no_task_left_after_disconnect(sim: SimExchange) -> None:
+    before = {t for t in asyncio.all_tasks() if not t.done()}
+    ws = make_client(sim)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    ws.on_order_update(lambda d: None, thread=True)
+    async with running(ws):
+        await wait_for(lambda: ws.stats.messages_total > 5)
+    await anyio.sleep(0.05)
+    after = {t for t in asyncio.all_tasks() if not t.done()}
+    assert after - before == set()
+    assert ws.stats.state == "stopped"
+
+
+def test_run_forever_and_stop_from_another_thread() -> None:
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            async with SimExchange(tick_rate=1000) as s:
+                box["url"] = s.url
+                ready.set()
+                while not box.get("done"):
+                    await anyio.sleep(0.02)
+
+        anyio.run(main)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(5)
+    threads_before = set(threading.enumerate())
+    ws = AgentExchangeWS(DEMO_API_KEY, box["url"], **FAST)
+    prices: list[str] = []
+    ws.on_ticker("BTCUSDT", lambda d: prices.append(d["price"]))
+    t = threading.Thread(target=ws.run_forever, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 5
+    while len(prices) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(prices) >= 5
+    started = time.monotonic()
+    assert ws.stop() is True
+    assert time.monotonic() - started < 1.0
+    t.join(1)
+    assert not t.is_alive()
+    assert ws.stop() is True  # idempotent
+    assert ws.error is None
+    time.sleep(0.1)
+    leftover = {th for th in threading.enumerate() if th.is_alive()} - threads_before
+    assert leftover == set(), leftover
+    box["done"] = True
+    server.join(5)
+
+
+def test_run_forever_keeps_the_fatal_error() -> None:
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            async with SimExchange() as s:
+                box["url"] = s.url
+                ready.set()
+                while not box.get("done"):
+                    await anyio.sleep(0.02)
+
+        anyio.run(main)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(5)
+    ws = AgentExchangeWS("ak_live_not_a_valid_key", box["url"], **FAST)
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            ws.run_forever()
+        except AuthenticationError as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive()
+    assert isinstance(ws.error, AuthenticationError)
+    assert raised == [ws.error]
+    box["done"] = True
+    server.join(5)
