@@ -1,4 +1,4 @@
-"""``agentstream demo``: the simulated exchange and a client printing its live stream."""
+"""``agentstream demo``: the simulated exchange and an agentstream client printing its stream."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import msgspec
+import anyio
 
+from agentstream.client import AgentExchangeWS
+
+# Imported at run time on purpose: agentstream reads handler annotations to pick typed payloads.
+from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker  # noqa: TC001
 from agentstream.sim import DEMO_API_KEY, SimConfig, SimExchange
 
 if TYPE_CHECKING:
@@ -20,7 +24,7 @@ _SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 
 
 async def _place_demo_orders(sim: SimExchange, session: aiohttp.ClientSession) -> None:
-    """A few orders through the REST API, so the order and portfolio channels have news."""
+    """A few orders through the sim's REST API, so the order and portfolio channels have news."""
     url = f"{sim.http_url}/api/v1/trade/order"
     headers = {"X-API-Key": DEMO_API_KEY}
 
@@ -57,6 +61,38 @@ async def _place_demo_orders(sim: SimExchange, session: aiohttp.ClientSession) -
     await place(symbol="BTCUSDT", side="sell", type="market", quantity="0.02")
 
 
+def _build_client(url: str) -> AgentExchangeWS:
+    ws = AgentExchangeWS(api_key=DEMO_API_KEY, base_url=url)
+    last_print: dict[str, float] = {}
+
+    def on_price(t: Ticker) -> None:
+        now = time.monotonic()
+        if now - last_print.get(t.symbol, 0.0) >= 1.0:  # one line per symbol per second
+            last_print[t.symbol] = now
+            print(f"  price   {t.symbol:<8} {t.price:>12}")
+
+    def on_candle(c: Candle) -> None:
+        print(
+            f"  candle  {c.symbol:<8} {c.interval} {c.open_time:%H:%M} "
+            f"O={c.open} H={c.high} L={c.low} C={c.close}"
+        )
+
+    def on_order(o: OrderUpdate) -> None:
+        extra = f" @ {o.executed_price}" if o.executed_price is not None else ""
+        print(f"  order   {o.symbol:<8} {o.side} {o.quantity} {o.type}: {o.status}{extra}")
+
+    def on_portfolio(p: Portfolio) -> None:
+        print(f"  equity  {p.total_equity} USDT  cash {p.available_cash}  ROI {p.roi_pct}%")
+
+    for sym in _SYMBOLS:
+        ws.on_ticker(sym, on_price)
+        ws.on_candles(sym, "1m", on_candle)
+    ws.on_order_update(on_order)
+    ws.on_portfolio(on_portfolio)
+    ws.on_disconnect(lambda reason: print(f"  (disconnected: {reason}; reconnecting)"))
+    return ws
+
+
 async def run_demo(
     config: SimConfig,
     *,
@@ -67,56 +103,22 @@ async def run_demo(
     async with SimExchange(config) as sim, aiohttp.ClientSession() as session:
         print(f"simulated exchange on {sim.url} (1 simulated minute per {60 / config.speed:g} s)")
         print("Ctrl-C to stop\n", flush=True)
-        async with session.ws_connect(sim.ws_url()) as ws:
-            for sym in _SYMBOLS:
-                await ws.send_json({"action": "subscribe", "channel": "ticker", "symbol": sym})
-                await ws.send_json(
-                    {"action": "subscribe", "channel": "candles", "symbol": sym, "interval": "1m"}
-                )
-            await ws.send_json({"action": "subscribe", "channel": "orders"})
-            await ws.send_json({"action": "subscribe", "channel": "portfolio"})
-            orders = asyncio.create_task(_place_demo_orders(sim, session))
-            last_print: dict[str, float] = {}
+        ws = _build_client(sim.url)
 
-            async def read() -> None:
-                async for msg in ws:
-                    frame = msgspec.json.decode(msg.data)
-                    if frame.get("type") == "ping":
-                        await ws.send_json({"type": "pong", "action": "pong"})
-                        continue
-                    if "type" in frame:
-                        continue
-                    ch, data = frame.get("channel"), frame.get("data", {})
-                    if ch == "ticker":
-                        now = time.monotonic()
-                        if now - last_print.get(frame["symbol"], 0) >= 1.0:
-                            last_print[frame["symbol"]] = now
-                            print(f"  price   {frame['symbol']:<8} {data['price']:>12}")
-                    elif ch == "candles" and data.get("is_closed"):
-                        print(
-                            f"  candle  {frame['symbol']:<8} 1m {data['time']} "
-                            f"O={data['open']} H={data['high']} L={data['low']} C={data['close']}"
-                        )
-                    elif ch == "orders":
-                        extra = f" @ {data['executed_price']}" if "executed_price" in data else ""
-                        print(
-                            f"  order   {data['symbol']:<8} {data['side']} {data['quantity']} "
-                            f"{data['type']}: {data['status']}{extra}"
-                        )
-                    elif ch == "portfolio":
-                        print(
-                            f"  equity  {data['total_equity']} USDT  cash {data['available_cash']}"
-                            f"  ROI {data['roi_pct']}%"
-                        )
+        async def stopper() -> None:
+            with contextlib.suppress(Exception):
+                if seconds is not None and stop_signal is not None:
+                    with anyio.move_on_after(seconds):
+                        await stop_signal()
+                elif seconds is not None:
+                    await anyio.sleep(seconds)
+                elif stop_signal is not None:
+                    await stop_signal()
+            await ws.disconnect()
 
-            waiters = [asyncio.create_task(read())]
-            if seconds is not None:
-                waiters.append(asyncio.create_task(asyncio.sleep(seconds)))
-            if stop_signal is not None:
-                waiters.append(asyncio.create_task(stop_signal()))  # type: ignore[arg-type]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for t in [*waiters, orders]:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-    print("\nstopped", flush=True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_place_demo_orders, sim, session)
+            tg.start_soon(stopper)
+            await ws.connect()
+            tg.cancel_scope.cancel()
+    print(f"\nstopped: {ws.stats.messages_total} messages, {ws.stats.reconnects} reconnects")
