@@ -65,14 +65,14 @@ class Order:
             "symbol": self.symbol,
             "side": self.side,
             "type": self.type,
-            "quantity": str(self.quantity),
+            "quantity": _plain(self.quantity),
         }
         if self.price is not None:
-            d["price"] = str(self.price)
+            d["price"] = _plain(self.price)
         if self.executed_quantity:
-            d["executed_price"] = str(self.avg_price())
-            d["executed_quantity"] = str(self.executed_quantity)
-            d["fee"] = str(self.fee.quantize(Decimal("0.00000001")).normalize())
+            d["executed_price"] = _plain(self.avg_price())
+            d["executed_quantity"] = _plain(self.executed_quantity)
+            d["fee"] = _plain(self.fee.quantize(Decimal("0.00000001")).normalize())
         if self.filled_at is not None:
             d["filled_at"] = self.filled_at
         if self.cancelled_at is not None:
@@ -265,6 +265,9 @@ class Account:
                 self._release(order)
                 return True
             self.cash -= cost
+            # The fee is a realized cost (avg_price excludes it), so that equity stays
+            # starting cash + realized + unrealized.
+            self.realized_pnl -= fee
             take = min(cost, order.reserved)
             order.reserved -= take
             self.reserved_cash -= take
@@ -325,6 +328,11 @@ class Account:
             "roi_pct": str(roi.quantize(_CENT)),
             "timestamp": timestamp,
         }
+
+
+def _plain(d: Decimal) -> str:
+    """A plain decimal string: never exponent notation (``str`` gives "1E+1", "8E-8")."""
+    return format(d, "f")
 
 
 def _decimal(value: object, name: str) -> Decimal:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
@@ -251,7 +252,11 @@ class _Conn:
             self.pong.clear()
             self.send(_PING)
             try:
-                await asyncio.wait_for(self.pong.wait(), cfg.pong_timeout)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that
+                # arrives as the pong does, which left this task (and the connection's
+                # handler waiting for it) running after the client had gone.
+                async with asyncio.timeout(cfg.pong_timeout):
+                    await self.pong.wait()
             except TimeoutError:
                 if self.is_silent():  # it may have gone silent while we waited
                     continue
@@ -266,10 +271,15 @@ class _Conn:
         writer = self.request.writer
         stats = self.sim.stats
         per_chunk = self.sim._firehose_per_chunk
+        subs = self.subs
+        ws = self.ws
         while transport is not None and not transport.is_closing():
             for chunk in chunks:
                 if self.silent:
                     await self.resumed.wait()
+                # Stop on unsubscribe, and never write after a close frame.
+                if "ticker:all" not in subs or ws.closed or transport.is_closing():
+                    return
                 transport.write(chunk)
                 stats.frames_sent += per_chunk
                 await writer.drain()
@@ -313,6 +323,7 @@ class SimExchange:
         self._refuse_until: float | None = None
         self._refuse_count: int | None = None
         self._silence_handle: asyncio.TimerHandle | None = None
+        self._closed = False  # set by close(): a pending restart must not revive the server
         self._t0 = 0.0
         self._sim0_ms = int(time.time() * 1000)
         self._buckets: dict[str, int] = {}
@@ -358,6 +369,7 @@ class SimExchange:
 
     async def start(self) -> None:
         """Start listening (again, on the same port after :meth:`stop`)."""
+        self._closed = False
         if self._runner is not None:
             return
         loop = asyncio.get_running_loop()
@@ -418,6 +430,7 @@ class SimExchange:
 
     async def close(self) -> None:
         """Stop for good (same as :meth:`stop`, plus cancelling pending fault timers)."""
+        self._closed = True
         if self._silence_handle is not None:
             self._silence_handle.cancel()
         await self.stop()
@@ -427,6 +440,8 @@ class SimExchange:
         await self.stop()
         if downtime:
             await asyncio.sleep(downtime)
+        if self._closed:  # closed for good meanwhile (e.g. the test ended during downtime)
+            return
         await self.start()
 
     def now_ms(self) -> int:
@@ -627,7 +642,9 @@ class SimExchange:
         try:
             while True:
                 msg = await ws.receive()
-                if conn.silent:
+                # A silent connection reads nothing; but the end of the socket (a drop, a
+                # revoked key, a stop) must still end it, or it stays listed as open.
+                if conn.silent and msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     await conn.resumed.wait()
                 if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                     self._on_client_message(conn, msg.data)
@@ -671,7 +688,8 @@ class SimExchange:
             return
         if action == "subscribe":
             conn.record.subscribe_requests.append(key)
-            if key not in conn.subs:
+            added = key not in conn.subs
+            if added:
                 if len(conn.subs) >= self.config.subscription_limit:
                     conn.send(
                         _error(
@@ -685,8 +703,16 @@ class SimExchange:
                 conn.subs.add(key)
                 self._subs.setdefault(key, set()).add(conn)
             conn.send(_json_encode({"type": "subscribed", "channel": key}))
-            if key == "ticker:all" and self.config.firehose:
-                conn.tasks.append(asyncio.create_task(conn.firehose(self._firehose_chunks)))
+            # One firehose per connection: a repeated subscribe must not start a second one.
+            if added and key == "ticker:all" and self.config.firehose:
+                running = [t for t in conn.tasks if t.get_name().startswith("sim-firehose-")]
+                if not any(not t.done() for t in running):
+                    conn.tasks.append(
+                        asyncio.create_task(
+                            conn.firehose(self._firehose_chunks),
+                            name=f"sim-firehose-{conn.record.id}",
+                        )
+                    )
         else:
             conn.record.unsubscribe_requests.append(key)
             if key in conn.subs:
@@ -992,7 +1018,7 @@ class SimExchange:
 
     @staticmethod
     def _loopback_only(request: web.Request) -> None:
-        if request.remote not in ("127.0.0.1", "::1", "localhost"):
+        if not is_loopback_address(request.remote):
             raise web.HTTPForbidden(text="the admin endpoint answers loopback clients only")
 
     async def _admin_state(self, request: web.Request) -> web.Response:
@@ -1057,6 +1083,23 @@ class SimExchange:
         return web.json_response({"fault": fault, "result": result})
 
 
+def is_loopback_address(remote: str | None) -> bool:
+    """True for a loopback peer address (127.0.0.0/8, ::1, IPv4-mapped loopback).
+
+    Example:
+        >>> is_loopback_address("127.0.0.1"), is_loopback_address("10.0.0.5")
+        (True, False)
+    """
+    if not remote:
+        return False
+    try:
+        addr = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return bool(addr.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
 def _error(code: str, message: str, channel: str | None = None) -> bytes:
     msg: dict[str, str] = {"type": "error", "code": code, "message": message}
     if channel:
@@ -1065,8 +1108,15 @@ def _error(code: str, message: str, channel: str | None = None) -> bytes:
 
 
 def _raw_channel(msg: dict[str, Any]) -> str | None:
+    """The channel a refused request named, in the server's form (symbol upper-cased)."""
     parts = [msg.get("channel"), msg.get("symbol"), msg.get("interval")]
-    return ":".join(str(p) for p in parts if p is not None) or None
+    text = ":".join(str(p) for p in parts if p is not None)
+    if not text:
+        return None
+    name, *rest = text.split(":")
+    if rest:
+        rest[0] = rest[0].upper()
+    return ":".join([name, *rest])
 
 
 def _rest_error(exc: OrderError) -> web.Response:

@@ -1,0 +1,1 @@
+"""Conformance tests of the simulated exchange, written against a plain aiohttp client."""
