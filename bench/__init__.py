@@ -1,0 +1,1 @@
+"""Benchmarks of agentstream (run one with ``python -m bench.<name>``)."""
