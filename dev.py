@@ -10,6 +10,7 @@ inside that environment.
     python3 dev.py test            # lint, type check and the whole test suite
     python3 dev.py bench [ARGS]    # benchmarks (see docs/performance.md)
     python3 dev.py serve [ARGS]    # the simulated exchange on its own (agentstream serve)
+    python3 dev.py run FILE        # run a script, top-level await allowed (agentstream run)
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def main(argv: list[str]) -> int:
     ensure_env()
     if command == "test":
         return cmd_test(rest)
-    if command in {"demo", "serve", "tail"}:
+    if command in {"demo", "serve", "run"}:
         try:
             return run(str(PY), "-m", "agentstream", command, *rest)
         except KeyboardInterrupt:

@@ -150,6 +150,7 @@ class Slot:
         "queue",
         "report",
         "scope",
+        "stopped",
         "thread",
         "wake",
         "warned_slow",
@@ -184,7 +185,18 @@ class Slot:
         self.conflated = 0
         self.delivered = 0
         self.scope: anyio.CancelScope | None = None
+        self.stopped = False
         self.warned_slow = False
+
+    def bind_loop(self) -> None:
+        """Fresh synchronisation for a new run (an asyncio.Event is bound to one loop)."""
+        import asyncio
+
+        self.wake = asyncio.Event()
+        if self.queue:
+            self.wake.set()
+        self.stopped = False
+        self.scope = None
 
     # -- producer side (the reader task) ----------------------------------------------
 
@@ -231,7 +243,15 @@ class Slot:
                 if self.thread:
                     batch = list(q)
                     q.clear()
-                    await anyio.to_thread.run_sync(self._run_batch, batch, abandon_on_cancel=True)
+                    try:
+                        failures = await anyio.to_thread.run_sync(
+                            self._run_batch, batch, abandon_on_cancel=True
+                        )
+                    except BaseException:
+                        self.stopped = True  # the abandoned thread stops after its current event
+                        raise
+                    for exc, ev in failures:  # reported from the loop, not the worker thread
+                        self._failed(exc, ev)
                     continue
                 started = time.monotonic()
                 n = 0
@@ -259,15 +279,20 @@ class Slot:
                 # Let the reader and other workers run between batches.
                 await anyio.lowlevel.checkpoint()
 
-    def _run_batch(self, batch: list[Any]) -> None:
+    def _run_batch(self, batch: list[Any]) -> list[tuple[Exception, Any]]:
+        """In a worker thread: call the handler for each event; return the failures."""
         fn = self.fn
         assert fn is not None
+        failures: list[tuple[Exception, Any]] = []
         for ev in batch:
+            if self.stopped:
+                break
             try:
                 fn(ev)
             except Exception as exc:
-                self._failed(exc, ev)
-        self.delivered += len(batch)
+                failures.append((exc, ev))
+            self.delivered += 1
+        return failures
 
     def _failed(self, exc: Exception, event: Any) -> None:
         if self.report is not None:
@@ -283,6 +308,7 @@ class Slot:
         return q.popleft()
 
     def cancel(self) -> None:
+        self.stopped = True
         if self.scope is not None:
             self.scope.cancel()
 

@@ -216,6 +216,7 @@ class AgentExchangeWS:
         self._transport: Transport | None = None
         self._stop_event: asyncio.Event | None = None
         self._stop_requested = False
+        self._active = False
         self._finished = threading.Event()
         self._finished.set()
         self._portal: anyio.from_thread.BlockingPortal | None = None
@@ -550,10 +551,12 @@ class AgentExchangeWS:
             >>> ws.stop()
             True
         """
+        if not self._active:
+            return True  # not running: nothing to stop, and nothing to remember
         self._stop_requested = True
         loop = self._loop
-        if loop is None:
-            return self._finished.is_set()
+        if loop is None:  # run_forever() is starting: _run sees the request and returns
+            return True
         if threading.get_ident() == self._loop_thread:
             self._request_stop()
             return False
@@ -584,7 +587,11 @@ class AgentExchangeWS:
                 finally:
                     self._portal = None
 
-        anyio.run(main)
+        self._active = True  # so that a stop() from another thread is not lost meanwhile
+        try:
+            anyio.run(main)
+        finally:
+            self._active = False
         if self._fatal is not None:
             raise self._fatal
 
@@ -705,6 +712,7 @@ class AgentExchangeWS:
     ) -> None:
         if not self._finished.is_set():
             raise RuntimeError("this client is already running")
+        self._active = True
         self._finished.clear()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -712,6 +720,11 @@ class AgentExchangeWS:
         self._fatal = None
         self.error = None
         self._hook_runner = HookRunner()
+        with self._lock:
+            for slot in [s for v in self._slots.values() for s in v] + [
+                s for v in self._kind_listeners.values() for s in v
+            ]:
+                slot.bind_loop()
         self._links = []
         self._placement = {}
         self._running_slots = set()
@@ -751,6 +764,7 @@ class AgentExchangeWS:
             self._loop = None
             self._loop_thread = None
             self._stop_requested = False
+            self._active = False
             self._finished.set()
         fatal = self._fatal_error()  # set by a link task while we awaited
         if fatal is not None and (raise_fatal or not started):
@@ -769,6 +783,8 @@ class AgentExchangeWS:
             await anyio.sleep(0.01)
 
     def _request_stop(self) -> None:
+        if not self._active:
+            return
         self._stop_requested = True
         if self._stop_event is not None:
             self._stop_event.set()
@@ -815,10 +831,15 @@ class AgentExchangeWS:
         for slot in new_slots:
             self._running_slots.add(slot)
             self._tg.start_soon(slot.run)
+        # With ticker:all the server already sends every pair once; subscribing single
+        # tickers too would deliver their trades twice. Routes still serve their handlers.
+        on_wire = wanted
+        if "ticker:all" in wanted:
+            on_wire = {k for k in wanted if not k.startswith("ticker:") or k == "ticker:all"}
         for key in list(self._placement):
-            if key not in wanted:
+            if key not in on_wire:
                 self._placement.pop(key).release(key)
-        for key in sorted(wanted):
+        for key in sorted(on_wire):
             if key not in self._placement:
                 self._place(self._channels[key])
 
@@ -845,7 +866,8 @@ class AgentExchangeWS:
             self._fail(exc)
 
     def _learn_limit(self, link: Link, key: str) -> None:
-        accepted = len(link.sent)
+        # The server answers in order: what it accepted before refusing is acked by now.
+        accepted = len(link.acked)
         if accepted < self._limit:
             self.log.warning(
                 "the server allows %d subscriptions per connection; opening another for %s",

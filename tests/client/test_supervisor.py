@@ -528,3 +528,52 @@ def test_run_forever_keeps_the_fatal_error() -> None:
     assert raised == [ws.error]
     box["done"] = True
     server.join(5)
+
+
+async def test_all_plus_one_symbol_delivers_each_trade_once(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    from_all: list[str] = []
+    from_btc: list[str] = []
+    ws.on_ticker("all", lambda d: from_all.append(d["symbol"]))
+    ws.on_ticker("BTCUSDT", lambda d: from_btc.append(d["symbol"]))
+    async with running(ws):
+        await wait_for(lambda: len(from_btc) > 20)
+        # ticker:all already carries BTCUSDT: subscribing it too would send it twice.
+        assert sim.subscriptions() == [{"ticker:all"}]
+    assert from_all.count("BTCUSDT") == len(from_btc)
+
+
+def test_stop_when_idle_is_harmless_and_a_client_runs_again_on_a_new_loop() -> None:
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            async with SimExchange(tick_rate=1000) as s:
+                box["url"] = s.url
+                ready.set()
+                while not box.get("done"):
+                    await anyio.sleep(0.02)
+
+        anyio.run(main)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(5)
+    ws = AgentExchangeWS(DEMO_API_KEY, box["url"], **FAST)
+    assert ws.stop() is True  # not running: nothing happens, nothing is remembered
+    ticks: list[Any] = []
+    ws.on_ticker("BTCUSDT", ticks.append)
+    for _ in range(2):  # each run_forever() has its own event loop
+        n = len(ticks)
+        t = threading.Thread(target=ws.run_forever, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 5
+        while len(ticks) < n + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(ticks) >= n + 3
+        assert ws.stop() is True
+        t.join(1)
+        assert not t.is_alive()
+    box["done"] = True
+    server.join(5)
