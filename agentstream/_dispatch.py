@@ -65,6 +65,7 @@ _ORDER_OPTIONAL = (
 
 _BATCH = 256  # events a worker handles before yielding to the event loop
 _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warning
+_MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and counted
 
 
 def first_param_model(fn: Callable[..., Any]) -> type[Any] | None:
@@ -295,8 +296,12 @@ class Slot:
         return failures
 
     def _failed(self, exc: Exception, event: Any) -> None:
-        if self.report is not None:
+        if self.report is None:
+            return
+        try:
             self.report(self, exc, event)
+        except Exception:  # reporting must never end the worker
+            log.exception("could not report an exception of handler %s", self.name)
 
     async def next(self) -> Any:
         """For ``listen()``: the next event, waiting for one."""
@@ -331,8 +336,12 @@ class HookRunner:
 
         self.queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self.wake = asyncio.Event()
+        self.dropped = 0
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if len(self.queue) >= _MAX_HOOK_QUEUE:
+            self.dropped += 1  # a slow hook under a flood of errors must not grow memory
+            return
         self.queue.append((fn, args))
         self.wake.set()
 

@@ -67,6 +67,8 @@ class Link:
         self.retired = False
         self.last_close: CloseInfo | None = None
         self.ready = asyncio.Event()
+        #: Data frames received on the current connection.
+        self.data_frames = 0
 
     # -- channel bookkeeping (loop thread only) ----------------------------------------
 
@@ -95,6 +97,10 @@ class Link:
         connected_before = False
         while not self.retired:
             self.state = "connecting" if not connected_before else "reconnecting"
+            if self.index > 0:
+                # Extra links connect only once the first one got through, so a rejected
+                # key costs exactly one handshake.
+                await client._first_connected.wait()
             try:
                 conn = await client._transport_connect()
             except AuthenticationError:
@@ -141,7 +147,7 @@ class Link:
         self.state = "connected"
         stale = False
         info = CloseInfo(None, "cancelled")
-        data_before = client._data_frames
+        self.data_frames = 0
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._control, conn)
@@ -163,7 +169,9 @@ class Link:
                 with anyio.move_on_after(client._close_timeout, shield=True):
                     await conn.close()
         lived = time.monotonic() - conn.opened_at
-        healthy = client._data_frames > data_before or lived >= client._healthy_after
+        # Healthy means data flowed on this very connection, or it lived long without
+        # going stale; a server that accepts and drops at once never resets the backoff.
+        healthy = self.data_frames > 0 or (lived >= client._healthy_after and not stale)
         if stale:
             client._emit_error(
                 StaleConnectionError(f"no frame for {client._stale_timeout:g} s; reconnecting"),
@@ -197,9 +205,12 @@ class Link:
             self.dirty.clear()
             wanted = self.wanted
             for key in sorted(wanted - self.sent):
+                channel = self.channels.get(key)
+                if channel is None:  # released while an earlier send was waiting
+                    continue
                 self.sent.add(key)
                 self.pending.append(key)
-                await conn.send(subscribe_message(self.channels[key]))
+                await conn.send(subscribe_message(channel))
             for key in sorted(self.sent - wanted):
                 self.sent.discard(key)
                 self.acked.discard(key)
@@ -229,19 +240,25 @@ class Link:
             self.acked.discard(key)
 
     def on_error(self, code: str, message: str, key: str | None) -> ServerError:
-        """Attribute a server error to a channel and react to it."""
-        if key is None or key not in self.channels:
-            key = self.pending.popleft() if self.pending else key
-        else:
+        """Attribute a server error to a channel and react to it.
+
+        An error naming no channel is pinned on the oldest unacknowledged subscribe only
+        for the codes that answer a subscribe; an error naming a channel this link no
+        longer carries changes nothing.
+        """
+        subscribe_error = code in ("SUBSCRIPTION_LIMIT", "INVALID_CHANNEL")
+        if key is None and subscribe_error and self.pending:
+            key = self.pending.popleft()
+        elif key is not None:
             with contextlib.suppress(ValueError):
                 self.pending.remove(key)
         err = ServerError(code, message, channel=key)
-        if key is not None and key in self.channels:
+        if key is not None and key in self.channels and subscribe_error:
             self.sent.discard(key)
             if code == "SUBSCRIPTION_LIMIT":
                 # The server allows fewer channels per connection than we assumed: learn
                 # its limit and move the channel to another connection instead of losing it.
                 self.client._learn_limit(self, key)
-            elif code == "INVALID_CHANNEL":
+            else:
                 self.rejected.add(key)
         return err

@@ -215,6 +215,7 @@ class AgentExchangeWS:
         self._ctx_tg: anyio.abc.TaskGroup | None = None
         self._transport: Transport | None = None
         self._stop_event: asyncio.Event | None = None
+        self._first_connected = asyncio.Event()
         self._stop_requested = False
         self._active = False
         self._finished = threading.Event()
@@ -411,7 +412,7 @@ class AgentExchangeWS:
             for ch in parsed:
                 self._explicit.pop(ch.key, None)
                 for slot in self._slots.pop(ch.key, []):
-                    slot.cancel()
+                    slot.stopped = True  # its worker is cancelled by _sync, on the loop
         self._schedule_sync()
 
     def remove_handler(self, handler: Callable[..., Any]) -> int:
@@ -429,7 +430,7 @@ class AgentExchangeWS:
                 keep = []
                 for slot in self._slots[key]:
                     if slot.fn is handler:
-                        slot.cancel()
+                        slot.stopped = True  # its worker is cancelled by _sync, on the loop
                         removed += 1
                     else:
                         keep.append(slot)
@@ -717,6 +718,7 @@ class AgentExchangeWS:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stop_event = asyncio.Event()
+        self._first_connected = asyncio.Event()
         self._fatal = None
         self.error = None
         self._hook_runner = HookRunner()
@@ -774,11 +776,11 @@ class AgentExchangeWS:
         return self._fatal
 
     async def _wait_ready(self) -> None:
-        """Until every link has sent its subscriptions, or the client is stopping."""
+        """Until the first link has sent its subscriptions, or the client is stopping."""
         assert self._stop_event is not None
         stop = self._stop_event
         while not stop.is_set():
-            if all(link.ready.is_set() for link in self._links):
+            if self._links and self._links[0].ready.is_set():
                 return
             await anyio.sleep(0.01)
 
@@ -818,6 +820,8 @@ class AgentExchangeWS:
                 ch = self._channels[key]
                 slots = self._slots.get(key, [])
                 listeners = self._kind_listeners.get(ch.kind, [])
+                if ch.kind == "ticker" and key != "ticker:all" and "ticker:all" in wanted:
+                    listeners = []  # they get every pair from the ticker:all route
                 typed = tuple(s for s in slots if s.model is not None) + tuple(listeners)
                 plain = tuple(s for s in slots if s.model is None)
                 routes[key] = Route(key, ch.kind, plain, typed)
@@ -828,6 +832,10 @@ class AgentExchangeWS:
                 for s in self._slots.get(key, [])
                 if s.fn is not None and s not in self._running_slots
             ]
+            registered = {s for v in self._slots.values() for s in v}
+        for slot in [s for s in self._running_slots if s not in registered]:
+            slot.cancel()
+            self._running_slots.discard(slot)
         for slot in new_slots:
             self._running_slots.add(slot)
             self._tg.start_soon(slot.run)
@@ -860,14 +868,28 @@ class AgentExchangeWS:
         return link
 
     async def _run_link(self, link: Link) -> None:
-        try:
-            await link.run()
-        except AgentStreamError as exc:
-            self._fail(exc)
+        while True:
+            try:
+                await link.run()
+                return
+            except AgentStreamError as exc:
+                self._fail(exc)
+                return
+            except Exception:
+                # A bug of ours must not end the stream: log it and restart the link.
+                self.log.exception("link %d failed unexpectedly; restarting it", link.index)
+                await anyio.sleep(1.0)
 
     def _learn_limit(self, link: Link, key: str) -> None:
         # The server answers in order: what it accepted before refusing is acked by now.
         accepted = len(link.acked)
+        if accepted == 0:
+            # Refused on an otherwise empty connection: another connection would be
+            # refused too (a per-account limit). Keep it off the wire instead of opening
+            # socket after socket; it is reported to on_error.
+            self.log.warning("the server refused %s with no other subscription open", key)
+            link.rejected.add(key)
+            return
         if accepted < self._limit:
             self.log.warning(
                 "the server allows %d subscriptions per connection; opening another for %s",
@@ -891,6 +913,7 @@ class AgentExchangeWS:
 
     def _on_link_up(self, link: Link, reconnect: bool) -> None:
         self._state = "connected"
+        self._first_connected.set()
         runner = self._hook_runner
         assert runner is not None
         if reconnect:
@@ -930,16 +953,22 @@ class AgentExchangeWS:
     def _handler_failed(self, slot: Slot, exc: BaseException, event: Any) -> None:
         self._handler_errors += 1
         channel = slot.channel if isinstance(slot.channel, str) else slot.channel.key
-        self.log.error(
-            "handler %s raised on %s: %s: %s",
-            slot.name,
-            channel,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-        )
+        try:
+            text = str(exc)
+        except Exception:  # a user exception whose __str__ raises
+            text = "<unprintable>"
+        if self._handler_errors <= 10 or self._handler_errors % 1000 == 0:
+            self.log.error(
+                "handler %s raised on %s: %s: %s (%d handler errors so far)",
+                slot.name,
+                channel,
+                type(exc).__name__,
+                text,
+                self._handler_errors,
+                exc_info=exc if self._handler_errors <= 10 else None,
+            )
         err = HandlerError(
-            f"handler {slot.name} raised {type(exc).__name__}: {exc}",
+            f"handler {slot.name} raised {type(exc).__name__}: {text}",
             handler=slot.name,
             channel=channel,
         )
@@ -987,6 +1016,7 @@ class AgentExchangeWS:
                 self._bad_frame("no known channel or no data", data)
                 return None
             self._data_frames += 1
+            link.data_frames += 1
             counts[key] = counts.get(key, 0) + 1
             routes = self._routes
             route = routes.get(key)

@@ -577,3 +577,51 @@ def test_stop_when_idle_is_harmless_and_a_client_runs_again_on_a_new_loop() -> N
         assert not t.is_alive()
     box["done"] = True
     server.join(5)
+
+
+async def test_listen_all_tickers_gets_each_trade_once(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    ws.on_ticker("all", lambda d: None)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    btc_seen = 0
+    btc_frames = 0
+    with anyio.fail_after(5):
+        async with ws:
+            async for t in ws.listen(Ticker):
+                btc_seen += t.symbol == "BTCUSDT"
+                if btc_seen >= 100:
+                    btc_frames = ws.stats.messages.get("ticker:BTCUSDT", 0)
+                    break
+    # Every BTCUSDT frame reaches the listener once: a duplicate through both the
+    # ticker:all and the ticker:BTCUSDT routes would make it see more than arrived.
+    assert btc_seen <= btc_frames
+
+
+async def test_bad_key_with_many_channels_costs_one_handshake() -> None:
+    async with SimExchange() as s:
+        ws = AgentExchangeWS("ak_live_wrongwrongwrong", s.url, **FAST)
+        for sym in list(s.market.pairs)[:25]:  # three connections' worth
+            ws.on_ticker(sym, lambda d: None)
+        with anyio.fail_after(5), pytest.raises(AuthenticationError):
+            await ws.connect()
+        await anyio.sleep(0.2)
+        assert s.stats.handshakes == 1
+
+
+async def test_accept_then_drop_server_backs_off(sim: SimExchange) -> None:
+    # A connection that carried no data and went down at once is not healthy: the delays
+    # keep growing instead of resetting to the first step (no reconnect storm).
+    ws = make_client(sim, backoff_initial=0.02, backoff_max=0.32, healthy_after=5.0)
+    ws.on_order_update(lambda d: None)  # a quiet channel: no data flows
+    async with running(ws):
+        await wait_for(lambda: sim.stats.connections_opened == 1)
+        started = time.monotonic()
+        for n in range(1, 5):
+            await sim.drop_connections()
+            await wait_for(
+                lambda k=n: sim.stats.connections_opened == k + 1,  # type: ignore[misc]
+                timeout=5,
+            )
+        took = time.monotonic() - started
+    # 0.02 + 0.04 + 0.08 + 0.16 at least; a reset each time would be 4 x 0.02.
+    assert took >= 0.28
