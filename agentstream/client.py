@@ -19,6 +19,7 @@ import anyio.to_thread
 import msgspec
 
 from agentstream._dispatch import (
+    _ORDER_OPTIONAL,
     DECODERS,
     KIND_OF_MODEL,
     HookRunner,
@@ -56,15 +57,6 @@ __all__ = ["AgentExchangeWS", "Stats"]
 H = TypeVar("H", bound=Callable[..., Any])
 E = TypeVar("E", Ticker, Candle, OrderUpdate, Portfolio)
 
-_ORDER_OPTIONAL = (
-    "price",
-    "executed_price",
-    "executed_quantity",
-    "fee",
-    "filled_at",
-    "cancelled_at",
-    "rejected_reason",
-)
 _set = msgspec.structs.force_setattr
 
 

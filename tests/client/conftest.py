@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from agentstream import AgentExchangeWS
 from agentstream.sim import DEMO_API_KEY, SimExchange
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 #: Client options for tests: every timer short, backoff without jitter.
 FAST: dict[str, Any] = {
@@ -46,6 +47,31 @@ async def sim() -> AsyncIterator[SimExchange]:
         portfolio_interval=0.5,
     ) as s:
         yield s
+
+
+@pytest.fixture
+def threaded_sim() -> Iterator[str]:
+    """A simulated exchange on its own thread and loop, for tests of run_forever()."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+    done = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            async with SimExchange(tick_rate=1000) as s:
+                box["url"] = s.url
+                ready.set()
+                while not done.is_set():
+                    await anyio.sleep(0.02)
+
+        anyio.run(main)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(5)
+    yield box["url"]
+    done.set()
+    server.join(5)
 
 
 def make_client(sim: SimExchange, **options: Any) -> AgentExchangeWS:

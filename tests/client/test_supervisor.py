@@ -453,25 +453,9 @@ async def test_no_task_left_after_disconnect(sim: SimExchange) -> None:
     assert ws.stats.state == "stopped"
 
 
-def test_run_forever_and_stop_from_another_thread() -> None:
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            async with SimExchange(tick_rate=1000) as s:
-                box["url"] = s.url
-                ready.set()
-                while not box.get("done"):
-                    await anyio.sleep(0.02)
-
-        anyio.run(main)
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    assert ready.wait(5)
+def test_run_forever_and_stop_from_another_thread(threaded_sim: str) -> None:
     threads_before = set(threading.enumerate())
-    ws = AgentExchangeWS(DEMO_API_KEY, box["url"], **FAST)
+    ws = AgentExchangeWS(DEMO_API_KEY, threaded_sim, **FAST)
     prices: list[str] = []
     ws.on_ticker("BTCUSDT", lambda d: prices.append(d["price"]))
     t = threading.Thread(target=ws.run_forever, daemon=True)
@@ -490,28 +474,10 @@ def test_run_forever_and_stop_from_another_thread() -> None:
     time.sleep(0.1)
     leftover = {th for th in threading.enumerate() if th.is_alive()} - threads_before
     assert leftover == set(), leftover
-    box["done"] = True
-    server.join(5)
 
 
-def test_run_forever_keeps_the_fatal_error() -> None:
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            async with SimExchange() as s:
-                box["url"] = s.url
-                ready.set()
-                while not box.get("done"):
-                    await anyio.sleep(0.02)
-
-        anyio.run(main)
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    assert ready.wait(5)
-    ws = AgentExchangeWS("ak_live_not_a_valid_key", box["url"], **FAST)
+def test_run_forever_keeps_the_fatal_error(threaded_sim: str) -> None:
+    ws = AgentExchangeWS("ak_live_not_a_valid_key", threaded_sim, **FAST)
     raised: list[BaseException] = []
 
     def target() -> None:
@@ -526,8 +492,6 @@ def test_run_forever_keeps_the_fatal_error() -> None:
     assert not t.is_alive()
     assert isinstance(ws.error, AuthenticationError)
     assert raised == [ws.error]
-    box["done"] = True
-    server.join(5)
 
 
 async def test_all_plus_one_symbol_delivers_each_trade_once(sim: SimExchange) -> None:
@@ -543,24 +507,10 @@ async def test_all_plus_one_symbol_delivers_each_trade_once(sim: SimExchange) ->
     assert from_all.count("BTCUSDT") == len(from_btc)
 
 
-def test_stop_when_idle_is_harmless_and_a_client_runs_again_on_a_new_loop() -> None:
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            async with SimExchange(tick_rate=1000) as s:
-                box["url"] = s.url
-                ready.set()
-                while not box.get("done"):
-                    await anyio.sleep(0.02)
-
-        anyio.run(main)
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    assert ready.wait(5)
-    ws = AgentExchangeWS(DEMO_API_KEY, box["url"], **FAST)
+def test_stop_when_idle_is_harmless_and_a_client_runs_again_on_a_new_loop(
+    threaded_sim: str,
+) -> None:
+    ws = AgentExchangeWS(DEMO_API_KEY, threaded_sim, **FAST)
     assert ws.stop() is True  # not running: nothing happens, nothing is remembered
     ticks: list[Any] = []
     ws.on_ticker("BTCUSDT", ticks.append)
@@ -575,8 +525,6 @@ def test_stop_when_idle_is_harmless_and_a_client_runs_again_on_a_new_loop() -> N
         assert ws.stop() is True
         t.join(1)
         assert not t.is_alive()
-    box["done"] = True
-    server.join(5)
 
 
 async def test_listen_all_tickers_gets_each_trade_once(sim: SimExchange) -> None:
