@@ -15,6 +15,7 @@ from agentstream.client import AgentExchangeWS, Stats
 from agentstream.errors import (
     AgentStreamError,
     AuthenticationError,
+    CertificateError,
     ConfigurationError,
     DecodeError,
     HandlerError,
@@ -35,6 +36,7 @@ __all__ = [
     "AuthenticationError",
     "Backoff",
     "Candle",
+    "CertificateError",
     "Channel",
     "ConfigurationError",
     "DecodeError",

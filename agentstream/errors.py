@@ -5,6 +5,7 @@
     AgentStreamError
     ├── ConfigurationError (ValueError)        bad option, symbol, interval or handler
     ├── AuthenticationError                    key rejected (403/401, close 4401/1008): fatal
+    ├── CertificateError                       the server's TLS certificate is not trusted: fatal
     ├── StreamConnectionError (ConnectionError) could not connect, or the connection died
     │   ├── HandshakeError                     HTTP status other than 101 at the handshake
     │   └── StaleConnectionError (TimeoutError) no frame for the stale timeout
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "AgentStreamError",
     "AuthenticationError",
+    "CertificateError",
     "ConfigurationError",
     "DecodeError",
     "HandlerError",
@@ -61,6 +63,20 @@ class AuthenticationError(AgentStreamError):
         super().__init__(message)
         self.status = status
         self.close_code = close_code
+
+
+class CertificateError(AgentStreamError):
+    """The server's TLS certificate failed verification. Fatal: the client does not retry.
+
+    A certificate that is not trusted today will not be trusted in a second either, and
+    retrying would hide a misconfiguration (or an attacker) behind a reconnect loop. Pass
+    ``ssl=`` an ``ssl.SSLContext`` that trusts the server's CA to connect.
+
+    Example:
+        >>> import ssl
+        >>> ctx = ssl.create_default_context(cafile="my-ca.pem")
+        >>> ws = AgentExchangeWS("ak_live_...", "wss://exchange.internal", ssl=ctx)
+    """
 
 
 class StreamConnectionError(AgentStreamError, ConnectionError):

@@ -21,7 +21,9 @@ from aiohttp import WSMsgType
 
 from agentstream._redact import mask_url
 from agentstream.errors import (
+    AgentStreamError,
     AuthenticationError,
+    CertificateError,
     HandshakeError,
     StreamConnectionError,
 )
@@ -159,7 +161,8 @@ class Transport:
         Raises:
             AuthenticationError: the handshake was answered 401 or 403.
             HandshakeError: any other non-101 status (retryable).
-            StreamConnectionError: refused, unreachable, TLS failure or timed out.
+            CertificateError: the server's TLS certificate failed verification (fatal).
+            StreamConnectionError: refused, unreachable, other TLS failure or timed out.
         """
         session = self._session
         if session is None:
@@ -168,7 +171,7 @@ class Transport:
         # Errors are raised after the `except` blocks, not inside them: aiohttp's
         # exceptions carry the full URL, API key included, and must not become our
         # errors' __context__.
-        error: Exception
+        error: AgentStreamError
         try:
             async with asyncio.timeout(self._connect_timeout):
                 ws = await session.ws_connect(
@@ -196,8 +199,9 @@ class Transport:
                 f"connecting to {safe} timed out after {self._connect_timeout:g} s"
             )
         except aiohttp.ClientConnectorCertificateError as exc:
-            error = StreamConnectionError(
-                f"TLS certificate of {safe} not trusted: {exc.certificate_error}"
+            error = CertificateError(
+                f"TLS certificate of {safe} failed verification: {exc.certificate_error}; "
+                "pass ssl=<an ssl.SSLContext that trusts its CA> to connect"
             )
         except (aiohttp.ClientError, OSError) as exc:
             error = StreamConnectionError(

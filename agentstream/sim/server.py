@@ -31,6 +31,7 @@ from agentstream.sim.accounts import Account, Order, OrderError
 from agentstream.sim.market import INTERVAL_MS, Market, Tick, format_units, iso_ms
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Iterable, Mapping
 
 log = logging.getLogger("agentstream.sim")
@@ -92,6 +93,8 @@ class SimConfig:
     #: Frames a connection may have queued before it is dropped as a slow consumer.
     max_queue: int = 500_000
     max_client_message: int = 64 * 1024
+    #: Serve ``wss://`` and ``https://`` with this context (e.g. a self-signed test CA's).
+    ssl_context: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -345,12 +348,14 @@ class SimExchange:
     @property
     def url(self) -> str:
         """Base WebSocket URL to give a client, e.g. ``ws://127.0.0.1:8000``."""
-        return f"ws://{self.config.host}:{self._port}"
+        scheme = "wss" if self.config.ssl_context is not None else "ws"
+        return f"{scheme}://{self.config.host}:{self._port}"
 
     @property
     def http_url(self) -> str:
         """Base URL of the REST API, e.g. ``http://127.0.0.1:8000``."""
-        return f"http://{self.config.host}:{self._port}"
+        scheme = "https" if self.config.ssl_context is not None else "http"
+        return f"{scheme}://{self.config.host}:{self._port}"
 
     def ws_url(self, api_key: str = DEMO_API_KEY) -> str:
         """The full endpoint URL with ``api_key`` (for plain WebSocket clients)."""
@@ -393,7 +398,13 @@ class SimExchange:
         app.router.add_post("/admin/fault/{fault}", self._admin_fault)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self._port, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            self.config.host,
+            self._port,
+            reuse_address=True,
+            ssl_context=self.config.ssl_context,
+        )
         try:
             await site.start()
         except BaseException:
