@@ -19,7 +19,6 @@ import logging
 import time
 import typing
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -203,10 +202,13 @@ class Slot:
 
     def push(self, event: Any) -> None:
         q = self.queue
-        if len(q) >= self.max_queue and self.conflatable:
+        n = len(q)
+        if not n:
+            # The worker waits only on an empty queue: wake it once per batch, not per event.
+            self.wake.set()
+        elif n >= self.max_queue and self.conflatable:
             self._conflate()
         q.append(event)
-        self.wake.set()
 
     def _conflate(self) -> None:
         """Keep the newest event per symbol (closed candles always); count the rest."""
@@ -255,17 +257,25 @@ class Slot:
                         self._failed(exc, ev)
                     continue
                 started = time.monotonic()
-                n = 0
-                while q and n < _BATCH:
-                    ev = q.popleft()
-                    n += 1
-                    try:
-                        if self.is_async:
+                n = min(len(q), _BATCH)
+                popleft = q.popleft
+                if self.is_async:
+                    # While a handler awaits, the reader may conflate the queue: re-check it.
+                    n = 0
+                    while q and n < _BATCH:
+                        ev = popleft()
+                        n += 1
+                        try:
                             await fn(ev)
-                        else:
+                        except Exception as exc:
+                            self._failed(exc, ev)
+                else:
+                    for _ in range(n):
+                        ev = popleft()
+                        try:
                             fn(ev)
-                    except Exception as exc:
-                        self._failed(exc, ev)
+                        except Exception as exc:
+                            self._failed(exc, ev)
                 self.delivered += n
                 if not self.is_async:
                     elapsed = time.monotonic() - started
@@ -316,16 +326,6 @@ class Slot:
         self.stopped = True
         if self.scope is not None:
             self.scope.cancel()
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Everything the reader needs for one channel key, computed once per change."""
-
-    key: str
-    kind: str
-    dict_slots: tuple[Slot, ...]
-    typed_slots: tuple[Slot, ...]
 
 
 class HookRunner:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from agentstream._router import LinkGaps
 from agentstream.errors import (
     AuthenticationError,
     ServerError,
@@ -36,6 +37,9 @@ if typing.TYPE_CHECKING:
     from agentstream.client import AgentExchangeWS
 
 log = logging.getLogger("agentstream")
+
+#: A connection open this long without being closed counts as accepted (see _watchdog).
+_PROVEN_AFTER = 1.0
 
 
 @dataclass
@@ -69,6 +73,10 @@ class Link:
         self.ready = asyncio.Event()
         #: Data frames received on the current connection.
         self.data_frames = 0
+        #: Whether the server has shown it accepted the key (ack, data, or time open).
+        self.proven = False
+        #: Channels down since a disconnect, until their first event (for on_gap).
+        self.gaps = LinkGaps()
 
     # -- channel bookkeeping (loop thread only) ----------------------------------------
 
@@ -79,6 +87,7 @@ class Link:
     def release(self, key: str) -> None:
         self.channels.pop(key, None)
         self.rejected.discard(key)
+        self.gaps.open.pop(key, None)
         self.dirty.set()
 
     def is_retired(self) -> bool:
@@ -148,6 +157,7 @@ class Link:
         stale = False
         info = CloseInfo(None, "cancelled")
         self.data_frames = 0
+        self.proven = False
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._control, conn)
@@ -160,7 +170,7 @@ class Link:
 
                 tg.start_soon(watchdog)
                 client._on_link_up(self, reconnect)
-                info = await conn.pump(client._feed_for(self))
+                info = await conn.pump(client._router.feed_for(self))
                 tg.cancel_scope.cancel()
         finally:
             self.conn = None
@@ -180,14 +190,21 @@ class Link:
         return info, stale, healthy
 
     async def _watchdog(self, conn: Connection) -> bool:
-        """Return True once no frame has arrived for the stale timeout."""
+        """Return True once no frame has arrived for the stale timeout.
+
+        Also marks the link proven once data flowed or it stayed open a moment (for a
+        server that neither acks nor sends data yet).
+        """
         timeout = self.client._stale_timeout
         period = max(timeout / 20, 0.001)
+        grace = min(_PROVEN_AFTER, timeout / 4)
         last_frames = conn.frames
         last_seen = time.monotonic()
         while True:
-            await anyio.sleep(period)
+            await anyio.sleep(min(period, grace) if not self.proven else period)
             now = time.monotonic()
+            if not self.proven and (self.data_frames or now - conn.opened_at >= grace):
+                self._prove()
             if conn.frames != last_frames:
                 last_frames = conn.frames
                 last_seen = now
@@ -227,7 +244,14 @@ class Link:
 
     # -- control frames from the server -----------------------------------------------
 
+    def _prove(self) -> None:
+        if not self.proven:
+            self.proven = True
+            self.client._link_proven(self)
+
     def on_ack(self, kind: str, key: str | None) -> None:
+        if kind == "subscribed":
+            self._prove()
         if key is None:
             return
         if kind == "subscribed":

@@ -16,37 +16,26 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-import msgspec
 
 from agentstream._dispatch import (
-    _ORDER_OPTIONAL,
-    DECODERS,
     KIND_OF_MODEL,
     HookRunner,
-    Route,
     Slot,
     callable_name,
-    dict_decoder,
     first_param_model,
 )
 from agentstream._redact import mask_secret, mask_url
+from agentstream._router import Route, Router
 from agentstream._supervisor import Link
 from agentstream.backoff import Backoff
 from agentstream.channels import Channel
 from agentstream.errors import (
     AgentStreamError,
     ConfigurationError,
-    DecodeError,
     HandlerError,
 )
-from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker
-from agentstream.protocols.agentexchange import (
-    PONG,
-    data_key,
-    endpoint_url,
-    envelope_decoder,
-    normalize_key,
-)
+from agentstream.models import Candle, Gap, OrderUpdate, Portfolio, Ticker
+from agentstream.protocols.agentexchange import endpoint_url
 from agentstream.transport import Connection, Transport
 
 if TYPE_CHECKING:
@@ -56,8 +45,6 @@ __all__ = ["AgentExchangeWS", "Stats"]
 
 H = TypeVar("H", bound=Callable[..., Any])
 E = TypeVar("E", Ticker, Candle, OrderUpdate, Portfolio)
-
-_set = msgspec.structs.force_setattr
 
 
 @dataclass(frozen=True)
@@ -94,6 +81,8 @@ class Stats:
     conflated: int = 0
     #: ``error`` messages from the server.
     server_errors: int = 0
+    #: Gaps reported to ``on_gap`` (a channel down across a reconnect).
+    gaps: int = 0
     #: Events waiting in handler queues.
     queued: int = 0
     #: Seconds since the last frame of any kind; None before the first.
@@ -190,7 +179,7 @@ class AgentExchangeWS:
         self._kind_listeners: dict[str, list[Slot]] = {}
         self._explicit: dict[str, Channel] = {}
         self._channels: dict[str, Channel] = {}
-        self._routes: dict[str, Route] = {}
+        self._router = Router(self)
         self._links: list[Link] = []
         self._placement: dict[str, Link] = {}
         self._running_slots: set[Slot] = set()
@@ -199,6 +188,7 @@ class AgentExchangeWS:
         self._hooks_disconnect: list[Callable[..., Any]] = []
         self._hooks_reconnect: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._hooks_error: list[Callable[..., Any]] = []
+        self._hooks_gap: list[Callable[..., Any]] = []
         self._hook_runner: HookRunner | None = None
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -219,19 +209,9 @@ class AgentExchangeWS:
         self.error: BaseException | None = None
         self._state = "idle"
 
-        self._counts: dict[str, int] = {}
-        self._data_frames = 0
-        self._control_frames = 0
-        self._pings = 0
-        self._dropped = 0
-        self._invalid = 0
         self._handler_errors = 0
-        self._server_errors = 0
         self._reconnects = 0
         self._failed_attempts = 0
-        self._last_frame_at: float | None = None
-        self._drop_logged_at = -1e9
-        self._drops_unlogged = 0
 
     def __repr__(self) -> str:
         return (
@@ -494,6 +474,21 @@ class AgentExchangeWS:
             ...     print("error:", exc, context)
         """
         return self._add_hook(self._hooks_error, fn)
+
+    def on_gap(self, fn: H | None = None) -> Any:
+        """Call ``fn(gap)`` for each channel that was down across a reconnect.
+
+        Called once per channel when its first event after the reconnect arrives, with
+        a :class:`Gap`: when the connection was lost and back, the exchange timestamps
+        of the last event before and the first after, and for candles exactly which
+        candles were missed. Use it to re-sync orders or candles over REST.
+
+        Example:
+            >>> @ws.on_gap
+            ... def gap(g):
+            ...     print(f"{g.channel} down {g.duration}; missed {g.missing_candle_count}")
+        """
+        return self._add_hook(self._hooks_gap, fn)
 
     def _add_hook(self, hooks: list[Callable[..., Any]], fn: H | None) -> Any:
         def add(f: H) -> H:
@@ -817,7 +812,7 @@ class AgentExchangeWS:
                 typed = tuple(s for s in slots if s.model is not None) + tuple(listeners)
                 plain = tuple(s for s in slots if s.model is None)
                 routes[key] = Route(key, ch.kind, plain, typed)
-            self._routes = routes
+            self._router.rebuild(routes)
             new_slots = [
                 s
                 for key in wanted
@@ -905,7 +900,7 @@ class AgentExchangeWS:
 
     def _on_link_up(self, link: Link, reconnect: bool) -> None:
         self._state = "connected"
-        self._first_connected.set()
+        self._router.link_up(link)
         runner = self._hook_runner
         assert runner is not None
         if reconnect:
@@ -921,7 +916,16 @@ class AgentExchangeWS:
         for fn, args in reconnect_hooks:
             runner.submit(fn, self, *args)
 
+    def _link_proven(self, link: Link) -> None:
+        """``link``'s server accepted the key for real (an ack, data, or time open).
+
+        Only then do extra links connect: a server that accepts the upgrade and then
+        closes with 4401 costs exactly one handshake, however many channels are wanted.
+        """
+        self._first_connected.set()
+
     def _on_link_down(self, link: Link, reason: str, stale: bool) -> None:
+        self._router.link_down(link, reason)
         if not any(lk.conn is not None for lk in self._links):
             self._state = "reconnecting"
         runner = self._hook_runner
@@ -967,148 +971,21 @@ class AgentExchangeWS:
         err.__cause__ = exc
         self._emit_error(err, {"channel": channel, "handler": slot.name})
 
-    def _bad_frame(self, why: str, data: str | bytes) -> None:
-        self._dropped += 1
-        text = data if isinstance(data, str) else repr(data[:200])
-        snippet = text[:200]
-        self._log_drop("dropped a frame (%s): %r", why, snippet)
-        self._emit_error(DecodeError(f"dropped a frame: {why}", frame=snippet), {"stage": "decode"})
-
-    def _log_drop(self, msg: str, *args: object) -> None:
-        """Warn about dropped input at most once a second, counting what was not logged."""
-        now = time.monotonic()
-        if now - self._drop_logged_at < 1.0:
-            self._drops_unlogged += 1
+    def _emit_gap(self, gap: Gap) -> None:
+        self.log.warning(
+            "gap on %s: down %.1f s (%s)%s",
+            gap.channel,
+            gap.duration.total_seconds(),
+            gap.reason,
+            f", {gap.missing_candle_count} candle(s) missed" if gap.missing_candle_count else "",
+        )
+        runner = self._hook_runner
+        if runner is None:
             return
-        if self._drops_unlogged:
-            msg += f" (and {self._drops_unlogged} more since the last warning)"
-        self._drop_logged_at = now
-        self._drops_unlogged = 0
-        self.log.warning(msg, *args)
-
-    # -- the reader's callback (hot path) ---------------------------------------------
-
-    def _feed_for(self, link: Link) -> Callable[[str | bytes], str | None]:
-        decode_env = envelope_decoder.decode
-        counts = self._counts
-        monotonic = time.monotonic
-
-        def feed(data: str | bytes) -> str | None:
-            self._last_frame_at = monotonic()
-            try:
-                env = decode_env(data)
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                self._bad_frame(str(exc) or "not a JSON object", data)
-                return None
-            if env.type is not None:
-                return self._control(link, env, data)
-            key = data_key(env)
-            raw = env.data
-            if key is None or not raw:
-                self._bad_frame("no known channel or no data", data)
-                return None
-            self._data_frames += 1
-            link.data_frames += 1
-            counts[key] = counts.get(key, 0) + 1
-            routes = self._routes
-            route = routes.get(key)
-            other = routes.get("ticker:all") if env.channel == "ticker" else None
-            if route is None and other is None:
-                return None
-            self._deliver(env, raw, route, other, data)
-            return None
-
-        return feed
-
-    def _control(self, link: Link, env: Any, data: str | bytes) -> str | None:
-        self._control_frames += 1
-        kind = env.type
-        if kind == "ping":
-            self._pings += 1
-            return PONG
-        if kind in ("subscribed", "unsubscribed"):
-            link.on_ack(kind, normalize_key(env.channel))
-        elif kind == "error":
-            self._server_errors += 1
-            err = link.on_error(
-                str(env.code or "UNKNOWN"), str(env.message or ""), normalize_key(env.channel)
-            )
-            self.log.warning("server error on link %d: %s", link.index, err)
-            self._emit_error(err, {"channel": err.channel, "code": err.code, "link": link.index})
-        elif kind != "pong":
-            self.log.debug("ignored a control message of type %r", kind)
-        return None
-
-    def _deliver(
-        self,
-        env: Any,
-        raw: msgspec.Raw,
-        route: Route | None,
-        other: Route | None,
-        data: str | bytes,
-    ) -> None:
-        kind = route.kind if route is not None else "ticker"
-        want_dict = (route is not None and route.dict_slots) or (
-            other is not None and other.dict_slots
-        )
-        want_typed = (route is not None and route.typed_slots) or (
-            other is not None and other.typed_slots
-        )
-        plain: Any = None
-        typed: Any = None
-        if want_dict:
-            plain = dict_decoder.decode(raw)
-            if type(plain) is not dict:
-                self._bad_frame("data is not an object", data)
-                return
-            if kind == "ticker":
-                plain["symbol"] = env.symbol
-            elif kind == "candles":
-                plain["symbol"] = env.symbol
-                plain["interval"] = env.interval
-                if "open_time" not in plain:
-                    plain["open_time"] = plain.get("time")
-                elif "time" not in plain:
-                    plain["time"] = plain["open_time"]
-            elif kind == "orders":
-                for name in _ORDER_OPTIONAL:
-                    plain.setdefault(name, None)
-            else:
-                plain.setdefault("roi_pct", None)
-        if want_typed:
-            try:
-                typed = DECODERS[kind].decode(raw)
-            except msgspec.MsgspecError as exc:
-                self._invalid += 1
-                self._log_drop("dropped an invalid %s event: %s", kind, exc)
-                self._emit_error(
-                    DecodeError(f"invalid {kind} event: {exc}", frame=str(data)[:200]),
-                    {"stage": "decode", "channel": kind},
-                )
-            else:
-                if kind == "ticker":
-                    _set(typed, "symbol", env.symbol)
-                elif kind == "candles":
-                    _set(typed, "symbol", env.symbol)
-                    _set(typed, "interval", env.interval)
-        closed = True
-        if kind == "candles":
-            closed = (
-                bool(plain.get("is_closed"))
-                if plain is not None
-                else bool(typed is not None and typed.is_closed)
-            )
-        for r in (route, other):
-            if r is None:
-                continue
-            if plain is not None:
-                for slot in r.dict_slots:
-                    if closed or slot.partial:
-                        slot.push(plain)
-            if typed is not None:
-                for slot in r.typed_slots:
-                    if closed or slot.partial:
-                        slot.push(typed)
+        with self._lock:
+            hooks = list(self._hooks_gap)
+        for fn in hooks:
+            runner.submit(fn, gap)
 
     # -- stats ------------------------------------------------------------------------
 
@@ -1123,21 +1000,24 @@ class AgentExchangeWS:
             slots = [s for v in self._slots.values() for s in v] + [
                 s for v in self._kind_listeners.values() for s in v
             ]
-        last = self._last_frame_at
+        router = self._router
+        last = router.last_frame_at
+        counts = router.counts()
         return Stats(
             state=self._state,
             connections=sum(1 for lk in self._links if lk.conn is not None),
             reconnects=self._reconnects,
             failed_attempts=self._failed_attempts,
-            messages=dict(self._counts),
-            messages_total=self._data_frames,
-            control_messages=self._control_frames,
-            pings=self._pings,
-            dropped_frames=self._dropped,
-            invalid_events=self._invalid,
+            messages=counts,
+            messages_total=sum(counts.values()),
+            control_messages=router.control,
+            pings=router.pings,
+            dropped_frames=router.dropped,
+            invalid_events=router.invalid,
             handler_errors=self._handler_errors,
             conflated=sum(s.conflated for s in slots),
-            server_errors=self._server_errors,
+            server_errors=router.server_errors,
+            gaps=router.gaps,
             queued=sum(len(s.queue) for s in slots),
             last_message_age=None if last is None else time.monotonic() - last,
         )

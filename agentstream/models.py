@@ -15,13 +15,13 @@ counted in ``ws.stats``, and no handler sees it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import msgspec
 
-__all__ = ["Candle", "Event", "OrderUpdate", "Portfolio", "Ticker"]
+__all__ = ["Candle", "Event", "Gap", "OrderUpdate", "Portfolio", "Ticker"]
 
 if TYPE_CHECKING:
     _Time = datetime
@@ -56,10 +56,15 @@ def _fix_time(obj: msgspec.Struct, name: str) -> None:
         _set(obj, name, _as_datetime(value))
 
 
+#: Amounts beyond 10**_MAX_EXPONENT are refused: no price or quantity is that large, but a
+#: JSON number like 1e999 (infinite as a double) decodes to a finite Decimal.
+_MAX_EXPONENT = 30
+
+
 def _check_amount(name: str, value: Decimal | None, *, positive: bool = False) -> None:
     if value is None:
         return
-    if not value.is_finite():
+    if not value.is_finite() or value.adjusted() > _MAX_EXPONENT:
         raise ValueError(f"{name} must be finite, got {value}")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}")
@@ -162,12 +167,54 @@ class Portfolio(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         for name in ("total_equity", "available_cash", "unrealized_pnl", "realized_pnl"):
             value = getattr(self, name)
-            if not value.is_finite():
+            if not value.is_finite() or value.adjusted() > _MAX_EXPONENT:
                 raise ValueError(f"{name} must be finite")
-        if self.roi_pct is not None and not self.roi_pct.is_finite():
+        roi = self.roi_pct
+        if roi is not None and (not roi.is_finite() or roi.adjusted() > _MAX_EXPONENT):
             raise ValueError("roi_pct must be finite")
         _fix_time(self, "timestamp")
 
 
 #: Any typed event.
 Event = Ticker | Candle | OrderUpdate | Portfolio
+
+
+class Gap(msgspec.Struct, frozen=True, kw_only=True):
+    """A channel was down: what an ``on_gap`` hook receives after a reconnect.
+
+    Reported once per channel, when its first event after the reconnect arrives (so
+    ``first_event_at`` is known); a bot re-syncs what it may have missed over REST.
+
+    Attributes:
+        channel: the channel key (``ticker:BTCUSDT``, ``candles:ETHUSDT:1m``, ``orders``).
+        disconnected_at: local time the connection carrying the channel was lost.
+        reconnected_at: local time the connection was open again.
+        last_event_at: exchange timestamp of the last event before the gap (None if no
+            event had arrived, or the event carries no timestamp, as most order updates).
+        first_event_at: exchange timestamp of the first event after the gap.
+        missing_candles: for candle channels, the open times of the candles whose
+            closed update never arrived (the first 100,000; exact).
+        missing_candle_count: how many candles that is, always exact.
+        reason: why the connection was lost.
+
+    Example:
+        >>> @ws.on_gap
+        ... async def resync(gap: Gap) -> None:
+        ...     print(gap.channel, gap.duration, len(gap.missing_candles))
+        ...     if gap.channel == "orders":
+        ...         await refresh_open_orders_over_rest()
+    """
+
+    channel: str
+    disconnected_at: datetime
+    reconnected_at: datetime
+    last_event_at: datetime | None = None
+    first_event_at: datetime | None = None
+    missing_candles: tuple[datetime, ...] = ()
+    missing_candle_count: int = 0
+    reason: str = ""
+
+    @property
+    def duration(self) -> timedelta:
+        """How long the connection was down (local clock)."""
+        return self.reconnected_at - self.disconnected_at

@@ -38,6 +38,9 @@ log = logging.getLogger("agentstream")
 
 Feed = Callable[[str | bytes], str | None]
 
+#: Frames handled between two forced yields of the read loop (see Connection.pump).
+_YIELD_EVERY = 64
+
 
 @dataclass(frozen=True, slots=True)
 class CloseInfo:
@@ -63,6 +66,7 @@ class Connection:
         ws = self._ws
         receive = ws.receive
         text, binary = WSMsgType.TEXT, WSMsgType.BINARY
+        unyielded = 0
         try:
             while True:
                 msg = await receive()
@@ -77,13 +81,24 @@ class Connection:
                         continue
                     if reply is not None:
                         await ws.send_str(reply)
+                    unyielded += 1
+                    if unyielded >= _YIELD_EVERY:
+                        # receive() does not suspend while frames are buffered, and under a
+                        # firehose they always are. Yield now and then, so handlers run and
+                        # a cancellation (stop(), a timeout around connect()) gets through:
+                        # anyio does not cancel a task whose wait has already completed.
+                        unyielded = 0
+                        await asyncio.sleep(0)
                 elif kind is WSMsgType.PING:
                     self.frames += 1
                     await ws.pong(msg.data)
                 elif kind is WSMsgType.PONG:
                     self.frames += 1
                 elif kind is WSMsgType.ERROR:
-                    exc = ws.exception()
+                    # aiohttp puts a protocol error (1009 too big, 1007 bad UTF-8) in data.
+                    exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
+                    if exc is None:
+                        return CloseInfo(ws.close_code, "error: connection failed")
                     return CloseInfo(ws.close_code, f"error: {type(exc).__name__}: {exc}")
                 else:  # CLOSE, CLOSING, CLOSED
                     reason = msg.extra if kind is WSMsgType.CLOSE and msg.extra else ""
@@ -179,7 +194,8 @@ class Transport:
                     autoping=False,
                     autoclose=True,
                     heartbeat=None,
-                    max_msg_size=self._max_message_size,
+                    # aiohttp refuses a frame of exactly max_msg_size; ours is inclusive.
+                    max_msg_size=self._max_message_size + 1,
                     ssl=self._ssl if self._ssl is not None else True,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._close_timeout),
                 )

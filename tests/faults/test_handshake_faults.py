@@ -70,11 +70,6 @@ async def test_close_after_accepting_as_unauthorized_is_fatal_after_one_attempt(
     assert await _refused_after_accepting(code, WANTED) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: extra links start once the first socket is upgraded "
-    "(_on_link_up sets _first_connected), before a 4401/1008 close can arrive",
-)
 @pytest.mark.parametrize("code", [4401, 1008])
 async def test_close_after_accepting_costs_one_handshake_with_many_channels(code: int) -> None:
     assert await _refused_after_accepting(code, MANY) == 1

@@ -375,12 +375,6 @@ async def test_numbers_where_strings_are_expected_are_decoded_exactly(sim: SimEx
     assert t.quantity == Decimal(MARK)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: feed() catches msgspec.DecodeError and UnicodeDecodeError only; "
-    "msgspec raises RecursionError on deep nesting, so the frame ends in transport.pump's "
-    "'internal error' net: not counted, no DecodeError to on_error",
-)
 async def test_deeply_nested_json_inside_an_event_is_dropped_and_counted(
     sim: SimExchange, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -401,13 +395,6 @@ _HUGE_NUMBER = (
 )  # 1e999: a valid JSON number, infinite as a double
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: _deliver() calls dict_decoder.decode(raw) unguarded; a number out "
-    "of float range (1e999) raises msgspec.ValidationError out of feed(): the frame is "
-    "lost to transport.pump's 'internal error' net, uncounted, and typed handlers of the "
-    "same channel lose it too",
-)
 async def test_out_of_range_number_is_counted_not_lost_with_a_dict_handler(
     sim: SimExchange, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -423,11 +410,6 @@ async def test_out_of_range_number_is_counted_not_lost_with_a_dict_handler(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: the models decode the JSON number 1e999 (infinity as a double) "
-    "to Decimal('1E+999'), which passes the is_finite() checks: a typed handler gets it",
-)
 async def test_infinite_number_never_reaches_a_typed_handler(sim: SimExchange) -> None:
     async with stream(sim.url, plain=False) as s:
         sim.send_raw(_HUGE_NUMBER)
@@ -460,12 +442,6 @@ async def test_huge_strings_below_the_size_limit(
     assert sim.stats.connections_opened == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: feed() counts every data frame under its raw channel key before "
-    "looking for a route, so frames for channels nobody subscribed grow ws.stats.messages "
-    "without bound (here a 5 MB symbol is kept as a 5 MB key)",
-)
 async def test_huge_unknown_symbol_is_not_kept(sim: SimExchange) -> None:
     async with stream(sim.url, max_message_size=2 * FIVE_MB) as s:
         sim.send_raw(probe("ticker").replace('"BTCUSDT"', '"' + "Z" * FIVE_MB + '"'))
@@ -487,16 +463,7 @@ def _padded(size: int) -> str:
 @pytest.mark.parametrize(
     "size",
     [
-        pytest.param(
-            LIMIT,
-            id="at",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="client bug: Transport passes max_message_size to aiohttp as "
-                "max_msg_size, which refuses a frame of exactly that size (its check is "
-                ">=), while the client documents 'frames larger than max_message_size'",
-            ),
-        ),
+        pytest.param(LIMIT, id="at"),
         pytest.param(LIMIT + 1, id="over"),
         pytest.param(FIVE_MB, id="5MB"),
     ],
@@ -550,12 +517,6 @@ async def test_text_frame_that_is_not_utf8_ends_the_connection(sim: SimExchange)
     assert len(s.hooks.disconnects) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: transport.pump() builds the ERROR reason from ws.exception(), which "
-    "aiohttp leaves None for WebSocketError (the error is msg.data): the reason reads "
-    "'error: NoneType: None'",
-)
 @pytest.mark.parametrize("fault", ["oversize", "not-utf8"])
 async def test_disconnect_reason_names_the_protocol_violation(sim: SimExchange, fault: str) -> None:
     async with stream(sim.url, max_message_size=LIMIT) as s:
