@@ -25,7 +25,7 @@ from agentstream.errors import (
     StaleConnectionError,
     StreamConnectionError,
 )
-from agentstream.models import Candle, Event, OrderUpdate, Portfolio, Ticker
+from agentstream.models import Candle, Event, Gap, OrderUpdate, Portfolio, Ticker
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "Event",
+    "Gap",
     "HandlerError",
     "HandshakeError",
     "OrderUpdate",
