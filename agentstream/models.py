@@ -59,6 +59,8 @@ def _fix_time(obj: msgspec.Struct, name: str) -> None:
 #: Amounts beyond 10**_MAX_EXPONENT are refused: no price or quantity is that large, but a
 #: JSON number like 1e999 (infinite as a double) decodes to a finite Decimal.
 _MAX_EXPONENT = 30
+_ZERO = Decimal(0)
+_TOO_BIG = Decimal(10) ** (_MAX_EXPONENT + 1)
 
 
 def _check_amount(name: str, value: Decimal | None, *, positive: bool = False) -> None:
@@ -80,9 +82,17 @@ class Ticker(msgspec.Struct, frozen=True, kw_only=True):
     is_buyer_maker: bool | None = None
 
     def __post_init__(self) -> None:
-        _check_amount("price", self.price, positive=True)
-        _check_amount("quantity", self.quantity)
-        _fix_time(self, "timestamp")
+        # The firehose's model: checks written out inline (about 3x cheaper than the
+        # generic helpers).
+        p = self.price
+        if not (p.is_finite() and _ZERO < p < _TOO_BIG):
+            raise ValueError(f"price must be positive and finite, got {p}")
+        q = self.quantity
+        if q is not None and not (q.is_finite() and _ZERO <= q < _TOO_BIG):
+            raise ValueError(f"quantity must be non-negative and finite, got {q}")
+        ts = self.timestamp
+        if type(ts) is not datetime or ts.tzinfo is None:
+            _fix_time(self, "timestamp")
 
 
 class Candle(msgspec.Struct, frozen=True, kw_only=True):
