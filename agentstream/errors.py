@@ -12,7 +12,7 @@
     ├── ProtocolError                          the server sent something we cannot use
     │   └── DecodeError (ValueError)           a frame that is not valid JSON of the right shape
     ├── ServerError                            an ``error`` message from the server
-    └── HandlerError                           one of your handlers or hooks raised
+    └── HandlerError                           one of your handlers raised
 
 Errors never contain the API key: URLs in messages are masked.
 """
