@@ -307,11 +307,26 @@ class Router:
                 tickers[key.split(":", 1)[1]] = route
             elif route.kind == "candles":
                 candles[key] = route
+        # Symbols first seen on ticker:all keep their counts and last events.
+        lazily_made = 0
+        for sym, old_route in self.tickers.items():
+            if old_route.key in old:
+                continue  # configured before: inherited above
+            if sym in tickers:  # first seen on ticker:all, now with handlers of its own
+                tickers[sym].inherit(old_route)
+                continue
+            if all_route is not None and lazily_made < _MAX_ALL_SYMBOLS:
+                kept = Route(old_route.key, "ticker", all_route.dict_slots, all_route.typed_slots)
+                kept.inherit(old_route)
+                tickers[sym] = kept
+                lazily_made += 1
+            elif old_route.count:
+                self._retire_count(old_route.key, old_route.count)
         self.routes = routes
         self.tickers = tickers
         self.candles = candles
         self.ticker_all = all_route
-        self._all_symbols = 0
+        self._all_symbols = lazily_made
         self.orders = routes.get("orders")
         self.portfolio = routes.get("portfolio")
         wants: dict[str, set[str]] = {k: set() for k in _KINDS}
@@ -340,12 +355,11 @@ class Router:
         out = dict(self.retired_counts)
         for key, n in self.unrouted.items():
             out[key] = out.get(key, 0) + n
-        for key, route in self.routes.items():
+        live = [*self.routes.values()]
+        live += [r for r in self.tickers.values() if r.key not in self.routes]  # ticker:all's
+        for route in live:
             if route.count:
-                out[key] = route.count
-        for route in self.tickers.values():  # symbols seen on ticker:all
-            if route.count and route.key not in self.routes:
-                out[route.key] = route.count
+                out[route.key] = out.get(route.key, 0) + route.count
         return out
 
     # -- the hot path -----------------------------------------------------------------
@@ -441,11 +455,11 @@ class Router:
                 self._count_unrouted(kind)
         if route is None:
             return
-        route.count += 1
         data = frame.data
         if isinstance(data, msgspec.Raw):
             self._deliver_raw(route, symbol, interval, data, link)
             return
+        route.count += 1
         if isinstance(data, dict):
             self._complete_dict(kind, data, symbol, interval)
         elif symbol is not None:
@@ -511,7 +525,6 @@ class Router:
                 self._count_unrouted(key)
         if route is None:
             return None
-        route.count += 1
         self._deliver_raw(route, env.symbol, env.interval, raw, link, data)
         return None
 
@@ -524,7 +537,10 @@ class Router:
         link: Link,
         data: str | bytes | None = None,
     ) -> None:
-        """Decode ``raw`` once per representation the route's handlers want, then push."""
+        """Decode ``raw`` once per representation the route's handlers want, then push.
+
+        Counts the frame as the route's message unless it is dropped as malformed.
+        """
         kind = route.kind
         plain: Any = None
         typed: Any = None
@@ -538,6 +554,9 @@ class Router:
                 self.bad_frame("data is not an object", data or bytes(raw))
                 return
             self._complete_dict(kind, plain, symbol, interval)
+        # A frame is counted once: dropped above, or a message from here on (an event
+        # that then fails a typed model is a message and also an invalid event).
+        route.count += 1
         if route.typed_slots:
             try:
                 typed = DECODERS[kind].decode(raw)
