@@ -1,8 +1,20 @@
 """``python -m bench [NAME] [ARGS]`` (or ``python3 dev.py bench``): run a benchmark.
 
 Benchmarks:
+    compare        agentstream (sync, typed, async, ticker_all, run_forever thread)
+                   against a bare aiohttp + msgspec loop and the websockets + json peer
+                   pattern: throughput, latency at fixed rates, peak RSS, and the
+                   performance targets (the default; see docs/performance.md)
     sim_firehose   messages per second the simulated exchange's firehose delivers to a
-                   bare aiohttp client (the default)
+                   bare aiohttp client
+
+Examples:
+    python -m bench                                    # the full comparison
+    python -m bench --runs 3 --seconds 2 --modes blast,20000 --clients bare,as-dict
+    python -m bench --json /tmp/bench.json --check     # save raw results; exit 1 on a miss
+    python -m bench sim_firehose --seconds 5
+
+``python -m bench compare --help`` lists every option.
 """
 
 from __future__ import annotations
@@ -10,19 +22,29 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ("sim_firehose",)
+BENCHMARKS = ("compare", "sim_firehose")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     name = argv[0] if argv and not argv[0].startswith("-") else BENCHMARKS[0]
-    if name in ("-h", "--help", "help"):
+    if name == "help" or (not argv[1:] and argv[:1] in (["-h"], ["--help"])):
         print(__doc__)
-        return
+        return 0
     if name not in BENCHMARKS:
-        sys.exit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        print(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
     rest = argv[1:] if argv and argv[0] == name else argv
+    if name == "compare":
+        from bench.compare import main as compare
+
+        return compare(rest)
     sys.argv = [f"bench.{name}", *rest]
-    runpy.run_module(f"bench.{name}", run_name="__main__")
+    try:
+        runpy.run_module(f"bench.{name}", run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
-main(sys.argv[1:])
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark harness (``python -m bench``), so that it never rots.
+
+A tiny run (one run, a fraction of a second per mode, two clients, blast plus a low fixed
+rate) must complete and produce numbers. It asserts that the harness ran, never a
+timing: this machine's speed is not what is tested here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from bench.__main__ import main as bench_main
+from bench.client import percentile
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.mark.slow
+def test_tiny_comparison_runs_and_reports_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_file = tmp_path / "bench.json"
+    argv = [
+        *("--runs", "1", "--warmup", "0.2", "--seconds", "0.3"),
+        *("--modes", "blast,2000", "--clients", "bare,as-dict", "--json", str(out_file)),
+    ]
+    assert bench_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "nproc=" in printed and "python " in printed  # the machine header
+    assert "== blast: handler calls/s" in printed
+    assert "== rate 2,000 msg/s" in printed
+    assert "targets (ratios of medians" in printed
+    assert "blast: as-dict >= 0.85x bare" in printed  # the check ran (PASS or FAIL)
+
+    report = json.loads(out_file.read_text())
+    assert report["meta"]["nproc"] >= 1
+    jobs = report["jobs"]
+    assert {(j["client"], j["mode"]) for j in jobs} == {
+        ("bare", "blast"),
+        ("as-dict", "blast"),
+        ("bare", "2000"),
+        ("as-dict", "2000"),
+    }
+    for job in jobs:
+        assert "error" not in job, job
+        res, srv = job["client_result"], job["server_result"]
+        assert srv["sent"] > 0 and res["calls"] > 0
+        assert res["peak_rss_kib"] > 0
+        assert res["symbols_seen"] == 10
+        if job["mode"] == "blast":
+            assert res["throughput"] > 0 and res["window_calls"] > 0
+        else:
+            lat = res["latency"]
+            assert lat["n"] > 0 and lat["p50_us"] is not None and lat["p99_us"] is not None
+        if job["client"] == "as-dict":
+            stats = res["agentstream"]
+            assert stats["messages_total"] > 0 and stats["dropped_frames"] == 0
+    summary = report["summary"]
+    assert summary["blast"]["bare"]["throughput_median"] > 0
+    assert summary["2000"]["as-dict"]["p99_us_median"] is not None
+
+
+def test_unknown_client_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["--clients", "bare,nope"])
+    assert exc.value.code == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_percentile_of_an_empty_histogram_is_none() -> None:
+    assert percentile(0.99, 0) is None
