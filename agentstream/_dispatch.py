@@ -14,6 +14,7 @@ never dropped.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -63,6 +64,7 @@ _ORDER_OPTIONAL = (
 )
 
 _BATCH = 256  # events a worker handles before yielding to the event loop
+_SLICE_S = 0.001  # a sync handler's queue is drained for about this long per loop turn
 _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warning
 _MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and counted
 
@@ -142,13 +144,17 @@ class Slot:
         "conflated",
         "delivered",
         "fn",
+        "inline",
         "is_async",
+        "loop",
         "max_queue",
         "model",
         "name",
         "partial",
+        "push",
         "queue",
         "report",
+        "scheduled",
         "scope",
         "stopped",
         "thread",
@@ -167,8 +173,6 @@ class Slot:
         max_queue: int = 10_000,
         report: Callable[[Slot, BaseException, Any], None] | None = None,
     ) -> None:
-        import asyncio
-
         self.channel = channel
         self.fn = fn
         self.model = model
@@ -187,20 +191,28 @@ class Slot:
         self.scope: anyio.CancelScope | None = None
         self.stopped = False
         self.warned_slow = False
+        #: A plain sync handler runs from loop callbacks scheduled by the reader, with no
+        #: task of its own; async, threaded handlers and listen() have a worker or reader.
+        self.inline = fn is not None and not self.is_async and not thread
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.scheduled = False
+        self.push: Callable[[Any], None] = self._push_drain if self.inline else self._push_wake
 
     def bind_loop(self) -> None:
         """Fresh synchronisation for a new run (an asyncio.Event is bound to one loop)."""
-        import asyncio
-
         self.wake = asyncio.Event()
-        if self.queue:
-            self.wake.set()
+        self.loop = asyncio.get_running_loop()
+        self.scheduled = False
         self.stopped = False
         self.scope = None
+        if self.queue:
+            self.wake.set()
+            if self.inline:
+                self._schedule()
 
     # -- producer side (the reader task) ----------------------------------------------
 
-    def push(self, event: Any) -> None:
+    def _push_wake(self, event: Any) -> None:
         q = self.queue
         n = len(q)
         if not n:
@@ -209,6 +221,22 @@ class Slot:
         elif n >= self.max_queue and self.conflatable:
             self._conflate()
         q.append(event)
+
+    def _push_drain(self, event: Any) -> None:
+        q = self.queue
+        n = len(q)
+        if not n:
+            if not self.scheduled:
+                self._schedule()
+        elif n >= self.max_queue and self.conflatable:
+            self._conflate()
+        q.append(event)
+
+    def _schedule(self) -> None:
+        loop = self.loop
+        if loop is not None and not self.stopped:
+            self.scheduled = True
+            loop.call_soon(self.drain)
 
     def _conflate(self) -> None:
         """Keep the newest event per symbol (closed candles always); count the rest."""
@@ -231,6 +259,44 @@ class Slot:
             self.max_queue = 2 * len(q)
 
     # -- consumer side ----------------------------------------------------------------
+
+    def drain(self) -> None:
+        """A loop callback: call a sync handler for queued events, for one time slice.
+
+        Runs when the reader yields; the reader and handlers share the loop by time, so a
+        slow handler leaves the reader enough time to keep reading (and conflating).
+        """
+        self.scheduled = False
+        if self.stopped:
+            return
+        fn = self.fn
+        assert fn is not None
+        q = self.queue
+        popleft = q.popleft
+        started = time.monotonic()
+        deadline = started + _SLICE_S
+        n = 0
+        while q:
+            ev = popleft()
+            n += 1
+            try:
+                fn(ev)
+            except Exception as exc:
+                self._failed(exc, ev)
+            if not n & 15 and time.monotonic() > deadline:
+                break
+        self.delivered += n
+        elapsed = time.monotonic() - started
+        if elapsed > _SLOW_HANDLER_S and not self.warned_slow:
+            self.warned_slow = True
+            log.warning(
+                "handler %s blocked the event loop for %.2f s; pass thread=True "
+                "to run it in a worker thread",
+                self.name,
+                elapsed,
+            )
+        if q and not self.scheduled:
+            self._schedule()
 
     async def run(self) -> None:
         """The worker: call the handler for each queued event, in order, forever."""
@@ -327,13 +393,20 @@ class Slot:
         if self.scope is not None:
             self.scope.cancel()
 
+    def start(self, start_soon: Callable[[Callable[[], Any]], Any]) -> None:
+        """Begin delivering: a worker task, or (sync handlers) drains on the loop."""
+        if self.inline:
+            self.stopped = False
+            if self.queue and not self.scheduled:
+                self._schedule()
+        else:
+            start_soon(self.run)
+
 
 class HookRunner:
     """Runs lifecycle hooks (connect, disconnect, reconnect, error) in order, off the reader."""
 
     def __init__(self) -> None:
-        import asyncio
-
         self.queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self.wake = asyncio.Event()
         self.dropped = 0

@@ -347,6 +347,11 @@ class Router:
             for k, m in zip(_KINDS, modes, strict=True)
         }
 
+    def note_frame_time(self, at: float) -> None:
+        """Remember a link's last frame time when it closes (for ``last_message_age``)."""
+        if at and (self.last_frame_at is None or at > self.last_frame_at):
+            self.last_frame_at = at
+
     def _retire_count(self, key: str, count: int) -> None:
         if key in self.retired_counts or len(self.retired_counts) < _MAX_UNROUTED_KEYS:
             self.retired_counts[key] = self.retired_counts.get(key, 0) + count
@@ -367,15 +372,35 @@ class Router:
     def feed_for(self, link: Link) -> Callable[[str | bytes], str | None]:
         """The reader's callback for ``link``: returns a pong to send back, or None."""
         monotonic = time.monotonic
+        gaps = link.gaps
+        ticker_dict = _FRAME_TYPES["ticker", "dict"]
+        ticker_typed = _FRAME_TYPES["ticker", "typed"]
+        set_attr = _set
 
         def feed(data: str | bytes) -> str | None:
-            self.last_frame_at = monotonic()
+            link.last_frame_at = monotonic()
             try:
                 frame = self.decode(data)
             except Exception:
                 return self._slow(link, data)
             link.data_frames += 1
-            self._on[type(frame)](frame, link)
+            cls = type(frame)
+            # The firehose's case inlined: a ticker of a routed symbol, no gap pending.
+            if cls is ticker_dict or cls is ticker_typed:
+                sym = frame.symbol
+                route = self.tickers.get(sym)
+                if route is not None and not gaps.open:
+                    route.count += 1
+                    ev = frame.data
+                    if cls is ticker_dict:
+                        ev["symbol"] = sym
+                    else:
+                        set_attr(ev, "symbol", sym)
+                    route.last = ev
+                    for push in route.push_all:
+                        push(ev)
+                    return None
+            self._on[cls](frame, link)
             return None
 
         return feed

@@ -73,6 +73,8 @@ class Link:
         self.ready = asyncio.Event()
         #: Data frames received on the current connection.
         self.data_frames = 0
+        #: time.monotonic() of the last text or binary frame (set by the router's feed).
+        self.last_frame_at = 0.0
         #: Whether the server has shown it accepted the key (ack, data, or time open).
         self.proven = False
         #: Channels down since a disconnect, until their first event (for on_gap).
@@ -175,6 +177,7 @@ class Link:
         finally:
             self.conn = None
             self.ready.clear()
+            client._router.note_frame_time(self.last_frame_at)
             if not conn.closed:
                 with anyio.move_on_after(client._close_timeout, shield=True):
                     await conn.close()
@@ -200,13 +203,15 @@ class Link:
         grace = min(_PROVEN_AFTER, timeout / 4)
         last_frames = conn.frames
         last_seen = time.monotonic()
+        last_fed = self.last_frame_at
         while True:
             await anyio.sleep(min(period, grace) if not self.proven else period)
             now = time.monotonic()
             if not self.proven and (self.data_frames or now - conn.opened_at >= grace):
                 self._prove()
-            if conn.frames != last_frames:
+            if conn.frames != last_frames or self.last_frame_at != last_fed:
                 last_frames = conn.frames
+                last_fed = self.last_frame_at
                 last_seen = now
             elif now - last_seen >= timeout:
                 log.warning(

@@ -744,6 +744,9 @@ class AgentExchangeWS:
                     await self._stop_event.wait()
                 tg.cancel_scope.cancel()
         finally:
+            for slot in self._running_slots:
+                if slot.inline:
+                    slot.cancel()  # no more drains once stopped (tasks ended with the group)
             self._state = "failed" if self._fatal is not None else "stopped"
             self._tg = None
             self._transport = None
@@ -825,7 +828,7 @@ class AgentExchangeWS:
             self._running_slots.discard(slot)
         for slot in new_slots:
             self._running_slots.add(slot)
-            self._tg.start_soon(slot.run)
+            slot.start(self._tg.start_soon)
         # With ticker:all the server already sends every pair once; subscribing single
         # tickers too would deliver their trades twice. Routes still serve their handlers.
         on_wire = wanted
@@ -1001,7 +1004,10 @@ class AgentExchangeWS:
                 s for v in self._kind_listeners.values() for s in v
             ]
         router = self._router
-        last = router.last_frame_at
+        times = [lk.last_frame_at for lk in self._links if lk.last_frame_at]
+        if router.last_frame_at is not None:
+            times.append(router.last_frame_at)
+        last = max(times) if times else None
         counts = router.counts()
         return Stats(
             state=self._state,

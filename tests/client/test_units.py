@@ -15,6 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -883,11 +885,33 @@ def test_portfolio_slot_never_drops() -> None:
     assert slot.conflated == 0
 
 
+async def _noop_async(d: dict[str, Any]) -> None: ...
+
+
 def test_slot_push_wakes_the_worker() -> None:
-    slot = Slot(Channel.orders(), lambda d: None, model=None)
+    slot = Slot(Channel.orders(), _noop_async, model=None)
     assert not slot.wake.is_set()
     slot.push({"order_id": "1"})
     assert slot.wake.is_set()
+
+
+@pytest.mark.anyio
+async def test_sync_slot_drains_from_the_loop_in_order() -> None:
+    got: list[int] = []
+    slot = Slot(Channel.orders(), got.append, model=None)
+    assert slot.inline
+    slot.bind_loop()
+    for i in range(1000):
+        slot.push(i)
+    assert got == []  # nothing runs inside push: the reader never runs user code
+    while slot.queue:
+        await anyio.lowlevel.checkpoint()
+    assert got == list(range(1000))
+    assert slot.delivered == 1000
+    slot.cancel()
+    slot.push(1000)
+    await anyio.sleep(0.01)
+    assert got[-1] == 999  # a stopped slot runs nothing more
 
 
 def _h_ticker(t: Ticker) -> None: ...
