@@ -573,3 +573,38 @@ async def test_accept_then_drop_server_backs_off(sim: SimExchange) -> None:
         took = time.monotonic() - started
     # 0.02 + 0.04 + 0.08 + 0.16 at least; a reset each time would be 4 x 0.02.
     assert took >= 0.28
+
+
+async def test_slow_sync_handler_is_conflated_not_backpressured() -> None:
+    # A sync handler runs on the loop: at 1 ms per tick it handles ~1,000 ticks/s of the
+    # 4,000 offered. The reader must keep reading (answering pings, taking orders) and
+    # conflate the ticks, not slow down to the handler's pace.
+    async with SimExchange(
+        tick_rate=4000, ping_interval=0.05, pong_timeout=0.15, order_interval=0.02
+    ) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST, queue_size=200)
+        calls: list[int] = []
+        order_times: dict[str, float] = {}
+
+        def slow(data: dict[str, Any]) -> None:
+            calls.append(1)
+            time.sleep(0.001)
+
+        def on_order(o: OrderUpdate) -> None:
+            order_times.setdefault(o.status, time.monotonic())
+
+        ws.on_ticker("all", slow)
+        ws.on_order_update(on_order)
+        async with running(ws):
+            await wait_for(lambda: len(calls) > 100, what="the slow handler to run")
+            placed = time.monotonic()
+            await s.place_order(
+                DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
+            )
+            await wait_for(lambda: "filled" in order_times, timeout=2, what="the fill")
+            await anyio.sleep(1.0)
+            received = ws.stats.messages_total
+        assert order_times["filled"] - placed < 0.5
+        assert s.stats.connections_opened == 1, "a late pong got the client dropped"
+        assert ws.stats.conflated > 0
+        assert received > 1.5 * len(calls)  # the reader outran the handler
