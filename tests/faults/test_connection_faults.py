@@ -19,7 +19,7 @@ import anyio
 import pytest
 from anyio.streams.text import TextReceiveStream
 
-from agentstream import StaleConnectionError, StreamConnectionError
+from agentstream import StaleConnectionError, StreamConnectionError, Ticker
 from tests.client.conftest import running, wait_for
 from tests.faults.conftest import CHANNELS, Hooks, client, watched
 from tests.faults.servers import Script, ScriptedServer
@@ -96,9 +96,9 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def sim_process(port: int) -> AsyncIterator[Process]:
+async def sim_process(port: int, *extra: str) -> AsyncIterator[Process]:
     """``agentstream serve`` in a subprocess on ``port``, once it printed its URL."""
-    argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--rate", "2000"]
+    argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--rate", "2000", *extra]
     proc = await anyio.open_process([sys.executable, "-m", "agentstream", *argv], cwd=ROOT)
     try:
         assert proc.stdout is not None
@@ -227,3 +227,27 @@ async def test_accept_and_close_at_once_forever_backs_off() -> None:
     assert hooks.errors == []
     assert stats.state in ("connected", "reconnecting")  # still trying, never given up
     assert stats.reconnects >= 6
+
+
+@pytest.mark.slow
+async def test_stop_under_a_firehose_returns_promptly() -> None:
+    # Under a firehose receive() never suspends; the client must still be stoppable (it
+    # once hung for minutes: anyio does not cancel a task whose wait already completed).
+    port = _free_port()
+    async with sim_process(port, "--firehose"):
+        ws = client(f"ws://127.0.0.1:{port}")
+        seen: list[Ticker] = []
+
+        def on_tick(t: Ticker) -> None:
+            seen.append(t)
+
+        ws.on_ticker("all", on_tick)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ws.connect)
+            await wait_for(lambda: len(seen) > 20_000, timeout=10, what="the firehose")
+            started = time.monotonic()
+            with anyio.fail_after(5):
+                await ws.disconnect()
+            took = time.monotonic() - started
+    assert took < 2.0
+    assert ws.stats.state == "stopped"
