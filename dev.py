@@ -9,6 +9,7 @@ inside that environment.
     python3 dev.py demo            # live demo against the built-in simulated exchange
     python3 dev.py test            # lint, type check and the whole test suite
     python3 dev.py bench [ARGS]    # benchmarks (see docs/performance.md)
+    python3 dev.py bench reliability  # the reliability figures (docs/reliability.md)
     python3 dev.py serve [ARGS]    # the simulated exchange on its own (agentstream serve)
     python3 dev.py run FILE        # run a script, top-level await allowed (agentstream run)
 """

@@ -5,6 +5,9 @@ Benchmarks:
                    against a bare aiohttp + msgspec loop and the websockets + json peer
                    pattern: throughput, latency at fixed rates, peak RSS, and the
                    performance targets (the default; see docs/performance.md)
+    reliability    the reliability figures: forced disconnects, black hole, auth refusals,
+                   5xx backoff, 1M fuzzed frames, orders under a firehose, a 10-minute
+                   soak, the secret audit (see docs/reliability.md)
     sim_firehose   messages per second the simulated exchange's firehose delivers to a
                    bare aiohttp client
 
@@ -12,6 +15,7 @@ Examples:
     python -m bench                                    # the full comparison
     python -m bench --runs 3 --seconds 2 --modes blast,20000 --clients bare,as-dict
     python -m bench --json /tmp/bench.json --check     # save raw results; exit 1 on a miss
+    python -m bench reliability --quick                # every figure, shorter
     python -m bench sim_firehose --seconds 5
 
 ``python -m bench compare --help`` lists every option.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ("compare", "sim_firehose")
+BENCHMARKS = ("compare", "reliability", "sim_firehose")
 
 
 def main(argv: list[str]) -> int:
