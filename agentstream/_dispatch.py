@@ -1,10 +1,11 @@
 """Handlers, their queues and workers, and the routing table the reader uses.
 
-Every registered handler (a *slot*) owns a queue and one worker task. The reader task
-decodes a frame once per payload kind and appends it to the queues of the handlers of
-its channel: it never runs user code and never awaits a handler. Each worker drains
-its own queue, so a slow handler delays only itself, and events of one channel reach
-a handler in order.
+Every registered handler (a *slot*) owns a queue. The reader task decodes a frame once
+and appends it to the queues of the handlers of its channel: it never runs user code
+and never awaits a handler. A plain sync handler's queue is drained by loop callbacks
+(about 1 ms each, scheduled once per batch), an async handler's by a worker task of its
+own, a ``thread=True`` handler's in a worker thread. So a slow handler delays only
+itself, and events of one channel reach a handler in order.
 
 Queues are bounded where dropping is safe: when a ticker (or in-progress candle)
 handler falls behind, older events of the same symbol are conflated (the latest
@@ -120,11 +121,21 @@ def callable_name(fn: object) -> str:
 
 
 def conflation_key(event: Any) -> object:
-    """What makes two events interchangeable for a handler that fell behind, or None."""
+    """What makes two events interchangeable for a handler that fell behind, or None.
+
+    Only strings are used from a dict (a hostile ``"symbol": [1]`` must not make the key
+    unhashable); an event of the wrong shape is never conflated.
+    """
     if isinstance(event, dict):
+        symbol = event.get("symbol")
+        if not isinstance(symbol, str):
+            return None
         if "interval" in event:
-            return None if event.get("is_closed") else (event.get("symbol"), event["interval"])
-        return event.get("symbol")
+            interval = event["interval"]
+            if event.get("is_closed") or not isinstance(interval, str):
+                return None
+            return (symbol, interval)
+        return symbol
     if isinstance(event, Ticker):
         return event.symbol
     if isinstance(event, Candle):
@@ -276,15 +287,21 @@ class Slot:
         started = time.monotonic()
         deadline = started + _SLICE_S
         n = 0
-        while q:
-            ev = popleft()
-            n += 1
-            try:
-                fn(ev)
-            except Exception as exc:
-                self._failed(exc, ev)
-            if not n & 15 and time.monotonic() > deadline:
-                break
+        try:
+            while q and not self.stopped:
+                ev = popleft()
+                n += 1
+                try:
+                    fn(ev)
+                except Exception as exc:
+                    self._failed(exc, ev)
+                if (n == 1 or not n & 15) and time.monotonic() > deadline:
+                    break
+        finally:
+            # Even if the handler raised a BaseException out of this callback, the events
+            # still queued get another drain (a push schedules one only on an empty queue).
+            if q and not self.scheduled and not self.stopped:
+                self._schedule()
         self.delivered += n
         elapsed = time.monotonic() - started
         if elapsed > _SLOW_HANDLER_S and not self.warned_slow:
@@ -295,8 +312,6 @@ class Slot:
                 self.name,
                 elapsed,
             )
-        if q and not self.scheduled:
-            self._schedule()
 
     async def run(self) -> None:
         """The worker: call the handler for each queued event, in order, forever."""
@@ -396,6 +411,7 @@ class Slot:
     def start(self, start_soon: Callable[[Callable[[], Any]], Any]) -> None:
         """Begin delivering: a worker task, or (sync handlers) drains on the loop."""
         if self.inline:
+            self.loop = asyncio.get_running_loop()  # also for a slot added mid-run
             self.stopped = False
             if self.queue and not self.scheduled:
                 self._schedule()

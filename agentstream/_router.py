@@ -50,7 +50,7 @@ _MAX_KEY_LENGTH = 64
 #: Symbols of ``ticker:all`` remembered for per-symbol counts and gap reports.
 _MAX_ALL_SYMBOLS = 10_000
 #: Missing candles listed in one gap report at most (the count is always exact).
-_MAX_MISSING_LISTED = 100_000
+_MAX_MISSING_LISTED = 10_000
 INTERVAL_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
 
 
@@ -233,18 +233,23 @@ def missing_candles(
         return 0, ()
     last_at = event_time("candles", last)
     closed_at = event_time("candles", last_closed)
-    if last_at is not None and not _candle_closed(last):
-        start = last_at
-    elif last_at is not None:
-        start = last_at + timedelta(seconds=step)
-    elif closed_at is not None:
-        start = closed_at + timedelta(seconds=step)
-    else:
+    try:
+        if last_at is not None and not _candle_closed(last):
+            start = last_at
+        elif last_at is not None:
+            start = last_at + timedelta(seconds=step)
+        elif closed_at is not None:
+            start = closed_at + timedelta(seconds=step)
+        else:
+            return 0, ()
+        if after <= start:
+            return 0, ()
+        n = int((after - start).total_seconds() // step)
+        listed = tuple(
+            start + timedelta(seconds=step * i) for i in range(min(n, _MAX_MISSING_LISTED))
+        )
+    except OverflowError:  # timestamps at the edge of datetime's range: nothing to list
         return 0, ()
-    if after <= start:
-        return 0, ()
-    n = int((after - start).total_seconds() // step)
-    listed = tuple(start + timedelta(seconds=step * i) for i in range(min(n, _MAX_MISSING_LISTED)))
     return n, listed
 
 
@@ -353,15 +358,19 @@ class Router:
             self.last_frame_at = at
 
     def _retire_count(self, key: str, count: int) -> None:
-        if key in self.retired_counts or len(self.retired_counts) < _MAX_UNROUTED_KEYS:
-            self.retired_counts[key] = self.retired_counts.get(key, 0) + count
+        counts = self.retired_counts
+        if key not in counts and len(counts) >= _MAX_UNROUTED_KEYS:
+            key = _UNROUTED_OVERFLOW
+        counts[key] = counts.get(key, 0) + count
 
     def counts(self) -> dict[str, int]:
+        # Copies first: another thread may read ws.stats while the reader adds keys.
         out = dict(self.retired_counts)
-        for key, n in self.unrouted.items():
+        for key, n in list(self.unrouted.items()):
             out[key] = out.get(key, 0) + n
-        live = [*self.routes.values()]
-        live += [r for r in self.tickers.values() if r.key not in self.routes]  # ticker:all's
+        routes = dict(self.routes)
+        live = list(routes.values())
+        live += [r for r in list(self.tickers.values()) if r.key not in routes]  # ticker:all's
         for route in live:
             if route.count:
                 out[route.key] = out.get(route.key, 0) + route.count
@@ -447,10 +456,14 @@ class Router:
         if all_route is None:
             self._count_unrouted(key)
             return None
+        if len(key) > _MAX_KEY_LENGTH or self._all_symbols >= _MAX_ALL_SYMBOLS:
+            # No symbol is that long, and no exchange lists that many: deliver the event
+            # to ticker:all's handlers but remember nothing per symbol (memory stays bounded).
+            self._count_unrouted(key)
+            return Route(key, "ticker", all_route.dict_slots, all_route.typed_slots)
         route = Route(key, "ticker", all_route.dict_slots, all_route.typed_slots)
-        if self._all_symbols < _MAX_ALL_SYMBOLS:
-            self._all_symbols += 1
-            self.tickers[sym] = route
+        self._all_symbols += 1
+        self.tickers[sym] = route
         return route
 
     def _count_unrouted(self, key: str) -> None:

@@ -173,6 +173,8 @@ class Link:
                 tg.start_soon(watchdog)
                 client._on_link_up(self, reconnect)
                 info = await conn.pump(client._router.feed_for(self))
+                if self.data_frames:
+                    self._prove()  # data arrived, even if before the watchdog's next tick
                 tg.cancel_scope.cancel()
         finally:
             self.conn = None
@@ -290,4 +292,5 @@ class Link:
                 self.client._learn_limit(self, key)
             else:
                 self.rejected.add(key)
+                self.gaps.open.pop(key, None)  # refused: no first event will close the gap
         return err

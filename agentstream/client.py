@@ -879,6 +879,7 @@ class AgentExchangeWS:
             # socket after socket; it is reported to on_error.
             self.log.warning("the server refused %s with no other subscription open", key)
             link.rejected.add(key)
+            link.gaps.open.pop(key, None)
             return
         if accepted < self._limit:
             self.log.warning(

@@ -197,13 +197,14 @@ class Gap(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         channel: the channel key (``ticker:BTCUSDT``, ``candles:ETHUSDT:1m``, ``orders``).
-        disconnected_at: local time the connection carrying the channel was lost.
+        disconnected_at: local time the client saw the connection carrying the channel
+            end (for a silent connection, when the stale timeout ran out).
         reconnected_at: local time the connection was open again.
         last_event_at: exchange timestamp of the last event before the gap (None if no
             event had arrived, or the event carries no timestamp, as most order updates).
         first_event_at: exchange timestamp of the first event after the gap.
         missing_candles: for candle channels, the open times of the candles whose
-            closed update never arrived (the first 100,000; exact).
+            closed update never arrived (the first 10,000, oldest first).
         missing_candle_count: how many candles that is, always exact.
         reason: why the connection was lost.
 

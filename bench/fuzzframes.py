@@ -1250,6 +1250,7 @@ class FuzzRig:
         seen = len(reasons)
         opened = self.sim.stats.connections_opened
         reconnects = self.ws.stats.reconnects
+        controls = self.ws.stats.control_messages
         self.sim.send_raw(payload, binary=False)
         self.killers_sent += 1
         ok = await self._wait(
@@ -1257,6 +1258,8 @@ class FuzzRig:
                 self.ws.stats.reconnects > reconnects
                 and self.sim.stats.connections_opened > opened
                 and self.sim.subscriptions() == [set(ROUTES)]
+                # ... and the client has the acks, so they do not land in the next batch
+                and self.ws.stats.control_messages >= controls + len(ROUTES)
             ),
             timeout,
         )

@@ -57,7 +57,7 @@ def test_missing_count_is_exact_beyond_what_is_listed() -> None:
         "1m", _candle(T0, True), _candle(T0, True), _candle(T0 + timedelta(days=200), False)
     )
     assert n == 200 * 24 * 60 - 1
-    assert len(listed) == 100_000
+    assert len(listed) == 10_000
     assert listed[0] == T0 + MIN
 
 
@@ -158,7 +158,7 @@ async def test_candle_gap_lists_exactly_the_missed_candles() -> None:
 
 async def test_ticker_all_is_one_gap_and_orders_have_theirs(fast_candles: SimExchange) -> None:
     sim = fast_candles
-    ws = make_client(sim, stale_timeout=0.5)
+    ws = make_client(sim, stale_timeout=0.8)
     gaps: list[Gap] = []
     orders: list[OrderUpdate] = []
 
@@ -182,7 +182,10 @@ async def test_ticker_all_is_one_gap_and_orders_have_theirs(fast_candles: SimExc
         )
         await wait_for(lambda: any(g.channel == "orders" for g in gaps), what="orders gap")
         sim.resume()
-    assert sorted(g.channel for g in gaps) == ["orders", "ticker:all"]
-    order_gap = next(g for g in gaps if g.channel == "orders")
+    # One ticker:all gap per outage (a busy machine may add a stale one), never one per
+    # symbol; the orders gap stays open across outages until an order event closes it.
+    assert {g.channel for g in gaps} == {"orders", "ticker:all"}
+    assert 1 <= sum(g.channel == "ticker:all" for g in gaps) <= ws.stats.reconnects
+    [order_gap] = [g for g in gaps if g.channel == "orders"]
     assert order_gap.last_event_at is not None  # the fill's filled_at
     assert "stale" in order_gap.reason

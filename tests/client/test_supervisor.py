@@ -608,3 +608,23 @@ async def test_slow_sync_handler_is_conflated_not_backpressured() -> None:
         assert s.stats.connections_opened == 1, "a late pong got the client dropped"
         assert ws.stats.conflated > 0
         assert received > 1.5 * len(calls)  # the reader outran the handler
+
+
+async def test_sync_handler_added_and_readded_mid_run_gets_events(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    got: list[dict[str, Any]] = []
+
+    def on_eth(d: dict[str, Any]) -> None:
+        got.append(d)
+
+    async with running(ws):
+        await anyio.sleep(0.1)
+        ws.on_ticker("ETHUSDT", on_eth)  # registered while running
+        await wait_for(lambda: len(got) >= 3, what="events for a handler added mid-run")
+        assert ws.remove_handler(on_eth) == 1
+        await anyio.sleep(0.05)
+        got.clear()
+        ws.on_ticker("ETHUSDT", on_eth)  # the same function again
+        await wait_for(lambda: len(got) >= 3, what="events after re-adding")
+    assert all(d["symbol"] == "ETHUSDT" for d in got)

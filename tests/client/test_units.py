@@ -1364,3 +1364,53 @@ def test_initial_stats(ws: AgentExchangeWS) -> None:
     assert ws.portal is None
     # stop() before anything ran is a no-op that reports "finished".
     assert ws.stop() is True
+
+
+@pytest.mark.anyio
+async def test_sync_slot_survives_a_base_exception_and_stops_at_once() -> None:
+    import asyncio
+
+    got: list[int] = []
+    slot: Slot
+
+    def handler(i: int) -> None:
+        got.append(i)
+        if i == 0:
+            raise asyncio.CancelledError  # escapes the drain callback (not an Exception)
+        if i == 3:
+            slot.cancel()  # the handler removes itself: nothing more, not even queued ones
+
+    slot = Slot(Channel.orders(), handler, model=None)
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: None)  # asyncio would log it
+    try:
+        slot.start(lambda fn: None)
+        for i in range(6):
+            slot.push(i)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+    finally:
+        loop.set_exception_handler(previous)
+    assert got == [0, 1, 2, 3]
+
+
+def test_hostile_dict_events_never_make_conflation_raise() -> None:
+    from agentstream._dispatch import conflation_key
+
+    assert conflation_key({"symbol": [1], "price": "1"}) is None
+    assert conflation_key({"symbol": "BTC", "interval": [1]}) is None
+    assert conflation_key({"symbol": "BTC", "interval": "1m"}) == ("BTC", "1m")
+    slot = Slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=4)
+    for i in range(20):
+        slot.push({"symbol": [i], "interval": {"x": i}})
+        slot.push({"symbol": f"S{i % 3}"})
+    assert slot.conflated > 0
+
+
+def test_missing_candles_at_the_edge_of_time_lists_nothing() -> None:
+    from agentstream._router import missing_candles
+
+    far = {"time": "9999-12-31T23:59:00Z", "is_closed": True}
+    after = {"time": "9999-12-31T23:59:00Z", "is_closed": False}
+    assert missing_candles("1m", far, far, after) == (0, ())
