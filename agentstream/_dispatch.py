@@ -337,37 +337,17 @@ class Slot:
                     for exc, ev in failures:  # reported from the loop, not the worker thread
                         self._failed(exc, ev)
                     continue
-                started = time.monotonic()
-                n = min(len(q), _BATCH)
-                popleft = q.popleft
-                if self.is_async:
-                    # While a handler awaits, the reader may conflate the queue: re-check it.
-                    n = 0
-                    while q and n < _BATCH:
-                        ev = popleft()
-                        n += 1
-                        try:
-                            await fn(ev)
-                        except Exception as exc:
-                            self._failed(exc, ev)
-                else:
-                    for _ in range(n):
-                        ev = popleft()
-                        try:
-                            fn(ev)
-                        except Exception as exc:
-                            self._failed(exc, ev)
+                # An async handler (sync ones drain from loop callbacks, see drain()).
+                # While it awaits, the reader may conflate the queue: re-check it.
+                n = 0
+                while q and n < _BATCH:
+                    ev = q.popleft()
+                    n += 1
+                    try:
+                        await fn(ev)
+                    except Exception as exc:
+                        self._failed(exc, ev)
                 self.delivered += n
-                if not self.is_async:
-                    elapsed = time.monotonic() - started
-                    if elapsed > _SLOW_HANDLER_S and not self.warned_slow:
-                        self.warned_slow = True
-                        log.warning(
-                            "handler %s blocked the event loop for %.2f s; pass thread=True "
-                            "to run it in a worker thread",
-                            self.name,
-                            elapsed,
-                        )
                 # Let the reader and other workers run between batches.
                 await anyio.lowlevel.checkpoint()
 

@@ -266,7 +266,6 @@ class Router:
         self.routes: dict[str, Route] = {}
         self._all_symbols = 0
         self.decode: Callable[[str | bytes], Any] = _decoder(("raw",) * 4).decode
-        self._on: dict[type[Any], Callable[[Any, Link], None]] = {}
         self._modes: dict[str, str] = dict.fromkeys(_KINDS, "raw")
         # Counters (read by ws.stats).
         self.unrouted: dict[str, int] = {}
@@ -343,14 +342,6 @@ class Router:
         modes = tuple(next(iter(w)) if len(w) == 1 else "raw" for w in wants.values())
         self._modes = dict(zip(_KINDS, modes, strict=True))
         self.decode = _decoder(modes).decode
-        handlers = {
-            ("ticker", "dict"): self._ticker_dict,
-            ("ticker", "typed"): self._ticker_typed,
-        }
-        self._on = {
-            _FRAME_TYPES[k, m]: handlers.get((k, m), self._generic)
-            for k, m in zip(_KINDS, modes, strict=True)
-        }
 
     def note_frame_time(self, at: float) -> None:
         """Remember a link's last frame time when it closes (for ``last_message_age``)."""
@@ -409,42 +400,10 @@ class Router:
                     for push in route.push_all:
                         push(ev)
                     return None
-            self._on[cls](frame, link)
+            self._generic(frame, link)
             return None
 
         return feed
-
-    def _ticker_dict(self, frame: Any, link: Link) -> None:
-        sym = frame.symbol
-        route = self.tickers.get(sym)
-        if route is None:
-            route = self._ticker_route(sym)
-            if route is None:
-                return
-        route.count += 1
-        ev = frame.data
-        ev["symbol"] = sym
-        if link.gaps.open:
-            self._gap_end(link, route, ev)
-        route.last = ev
-        for push in route.push_all:
-            push(ev)
-
-    def _ticker_typed(self, frame: Any, link: Link) -> None:
-        sym = frame.symbol
-        route = self.tickers.get(sym)
-        if route is None:
-            route = self._ticker_route(sym)
-            if route is None:
-                return
-        route.count += 1
-        ev = frame.data
-        _set(ev, "symbol", sym)
-        if link.gaps.open:
-            self._gap_end(link, route, ev)
-        route.last = ev
-        for push in route.push_all:
-            push(ev)
 
     def _ticker_route(self, sym: str) -> Route | None:
         """The route of a symbol with no route yet: one of ticker:all's, or None."""

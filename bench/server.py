@@ -49,6 +49,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from agentstream.sim.market import Market, format_units
+from agentstream.sim.server import _frame
 from bench._common import ALL_PAIRS, STAMP_DIGITS, pin_to_cpu
 
 FRAMES_PER_CHUNK = 128  # frames per transport.write in blast mode (as the sim's firehose)
@@ -84,16 +85,6 @@ class Pairs:
     def quantity(self, sym: str, variant: int) -> str:
         values = self.values.get(sym)
         return values[variant][1] if values else "0.012"
-
-
-def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """An unmasked, final WebSocket frame (server to client), as the sim's firehose builds."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 65536:
-        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
 
 
 def _payload(sym: str, price: str, quantity: str, buyer_maker: bool) -> bytes:
