@@ -344,29 +344,7 @@ async def run_soak(opts: Options) -> Figure:
                 with anyio.move_on_after(5):
                     await stop.wait()
 
-        async with ws, anyio.create_task_group() as tg:
-            tg.start_soon(trade)
-            t0 = time.monotonic()
-            next_at = t0 + warmup
-            while True:
-                now = time.monotonic()
-                if now >= t0 + seconds:
-                    break
-                await anyio.sleep(max(0.0, min(next_at, t0 + seconds) - now))
-                if time.monotonic() >= next_at:
-                    gc.collect()
-                    samples.append(
-                        (
-                            time.monotonic() - t0,
-                            rss_bytes(),
-                            all_tasks(),
-                            threading.active_count(),
-                            ws.stats.messages_total,
-                            ws.stats.queued,
-                            sys.getallocatedblocks(),
-                        )
-                    )
-                    next_at += interval
+        def take_sample() -> None:
             gc.collect()
             samples.append(
                 (
@@ -379,6 +357,20 @@ async def run_soak(opts: Options) -> Figure:
                     sys.getallocatedblocks(),
                 )
             )
+
+        async with ws, anyio.create_task_group() as tg:
+            tg.start_soon(trade)
+            t0 = time.monotonic()
+            next_at = t0 + warmup
+            while True:
+                now = time.monotonic()
+                if now >= t0 + seconds:
+                    break
+                await anyio.sleep(max(0.0, min(next_at, t0 + seconds) - now))
+                if time.monotonic() >= next_at:
+                    take_sample()
+                    next_at += interval
+            take_sample()
             stop.set()
             final["stats"] = ws.stats
     if guard.cancelled_caught or len(samples) < 2:
