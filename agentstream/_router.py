@@ -266,7 +266,6 @@ class Router:
         self.routes: dict[str, Route] = {}
         self._all_symbols = 0
         self.decode: Callable[[str | bytes], Any] = _decoder(("raw",) * 4).decode
-        self._modes: dict[str, str] = dict.fromkeys(_KINDS, "raw")
         # Counters (read by ws.stats).
         self.unrouted: dict[str, int] = {}
         self.retired_counts: dict[str, int] = {}
@@ -340,7 +339,6 @@ class Router:
             if route.typed_slots:
                 wants[route.kind].add("typed")
         modes = tuple(next(iter(w)) if len(w) == 1 else "raw" for w in wants.values())
-        self._modes = dict(zip(_KINDS, modes, strict=True))
         self.decode = _decoder(modes).decode
 
     def note_frame_time(self, at: float) -> None:
