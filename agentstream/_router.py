@@ -28,7 +28,7 @@ import msgspec
 
 from agentstream._dispatch import _ORDER_OPTIONAL, DECODERS, MODEL_OF_KIND, dict_decoder
 from agentstream.errors import DecodeError
-from agentstream.models import Candle, Gap
+from agentstream.models import Candle, Gap, _as_datetime
 from agentstream.protocols.agentexchange import PONG, data_key, envelope_decoder, normalize_key
 
 if typing.TYPE_CHECKING:
@@ -152,38 +152,34 @@ def _decoder(modes: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
     return dec
 
 
-_time_decoder = msgspec.json.Decoder(datetime | int)
-
-
 def _as_time(value: Any) -> datetime | None:
     """An exchange timestamp (ISO string, epoch int or datetime) as an aware datetime."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     try:
         if isinstance(value, str):
             value = msgspec.convert(value, datetime | int)
-        if isinstance(value, datetime):
-            return _as_time(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value / 1000 if value > 100_000_000_000 else value, UTC)
-    except (msgspec.ValidationError, OverflowError, OSError, ValueError):
+        if isinstance(value, bool) or not isinstance(value, datetime | int):
+            return None
+        return _as_datetime(value)  # the models' own conversion (epoch s or ms, naive = UTC)
+    except (msgspec.ValidationError, ValueError):
         return None
-    return None
+
+
+def _unraw(event: Any) -> Any:
+    """A Raw event (kept when nobody listens) decoded to a dict; None if it is not one."""
+    if not isinstance(event, msgspec.Raw):
+        return event
+    try:
+        plain = dict_decoder.decode(event)
+    except Exception:
+        return None
+    return plain if isinstance(plain, dict) else None
 
 
 def event_time(kind: str, event: Any) -> datetime | None:
     """The exchange timestamp of an event in any representation, or None."""
+    event = _unraw(event)
     if event is None:
         return None
-    if isinstance(event, msgspec.Raw):
-        try:
-            event = dict_decoder.decode(event)
-        except Exception:
-            return None
-        if not isinstance(event, dict):
-            return None
     get: Callable[[str], Any]
     if isinstance(event, dict):
         get = event.get
@@ -201,11 +197,7 @@ def event_time(kind: str, event: Any) -> datetime | None:
 
 
 def _candle_closed(event: Any) -> bool:
-    if isinstance(event, msgspec.Raw):
-        try:
-            event = dict_decoder.decode(event)
-        except Exception:
-            return False
+    event = _unraw(event)
     if isinstance(event, dict):
         return bool(event.get("is_closed"))
     if isinstance(event, Candle):
