@@ -932,23 +932,22 @@ class AgentExchangeWS:
         self._router.link_down(link, reason)
         if not any(lk.conn is not None for lk in self._links):
             self._state = "reconnecting"
-        runner = self._hook_runner
-        assert runner is not None
-        with self._lock:
-            hooks = list(self._hooks_disconnect)
-        for fn in hooks:
-            runner.submit(fn, reason)
+        self._call_hooks(self._hooks_disconnect, reason)
 
     # -- errors -----------------------------------------------------------------------
 
-    def _emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
+    def _call_hooks(self, hooks: list[Callable[..., Any]], *args: Any) -> None:
+        """Queue ``fn(*args)`` for each hook on the hook runner (a no-op when not running)."""
         runner = self._hook_runner
         if runner is None:
             return
         with self._lock:
-            hooks = list(self._hooks_error)
-        for fn in hooks:
-            runner.submit(fn, exc, context)
+            snapshot = list(hooks)
+        for fn in snapshot:
+            runner.submit(fn, *args)
+
+    def _emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
+        self._call_hooks(self._hooks_error, exc, context)
 
     def _handler_failed(self, slot: Slot, exc: BaseException, event: Any) -> None:
         self._handler_errors += 1
@@ -983,13 +982,7 @@ class AgentExchangeWS:
             gap.reason,
             f", {gap.missing_candle_count} candle(s) missed" if gap.missing_candle_count else "",
         )
-        runner = self._hook_runner
-        if runner is None:
-            return
-        with self._lock:
-            hooks = list(self._hooks_gap)
-        for fn in hooks:
-            runner.submit(fn, gap)
+        self._call_hooks(self._hooks_gap, gap)
 
     # -- stats ------------------------------------------------------------------------
 
