@@ -18,6 +18,7 @@ channels were down, between which exchange timestamps, and which candles it miss
 
 from __future__ import annotations
 
+import logging
 import time
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ if typing.TYPE_CHECKING:
 
 __all__ = ["Route", "Router"]
 
+log = logging.getLogger("agentstream")
+
 _set = msgspec.structs.force_setattr
 _KINDS = ("ticker", "candles", "orders", "portfolio")
 #: Distinct channel keys kept in ``stats.messages`` for frames nobody subscribed to;
@@ -59,6 +62,7 @@ class Route:
 
     ``push_all`` takes every event, ``push_closed`` only closed candles (for candle
     handlers registered without ``partial=True``); for other kinds it is empty.
+    ``push`` calls every ``push_all`` (the one handler's own push when there is one).
     """
 
     __slots__ = (
@@ -68,6 +72,7 @@ class Route:
         "kind",
         "last",
         "last_closed",
+        "push",
         "push_all",
         "push_closed",
         "push_dict_all",
@@ -96,6 +101,7 @@ class Route:
         # One representation only (the fast path's case): one tuple each.
         self.push_all = self.push_dict_all + self.push_typed_all
         self.push_closed = self.push_dict_closed + self.push_typed_closed
+        self.push = _fan_out(self.push_all)
         #: Data frames received for this channel.
         self.count = 0
         #: The last event (dict, model or Raw) and, for candles, the last closed one.
@@ -107,6 +113,18 @@ class Route:
         self.count = old.count
         self.last = old.last
         self.last_closed = old.last_closed
+
+
+def _fan_out(pushes: tuple[Callable[[Any], None], ...]) -> Callable[[Any], None]:
+    """One callable that pushes an event to every queue in ``pushes``, in order."""
+    if len(pushes) == 1:
+        return pushes[0]  # the common case: no loop
+
+    def push(ev: Any) -> None:
+        for one in pushes:
+            one(ev)
+
+    return push
 
 
 @dataclass
@@ -359,39 +377,54 @@ class Router:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def feed_for(self, link: Link) -> Callable[[str | bytes], str | None]:
-        """The reader's callback for ``link``: returns a pong to send back, or None."""
-        monotonic = time.monotonic
+    def feed_for(self, link: Link) -> Callable[[list[str | bytes]], list[str] | None]:
+        """The reader's callback for ``link``: takes a batch of frames, in the order they
+        arrived, and returns the replies to send back (pongs), or None."""
         gaps = link.gaps
         ticker_dict = _FRAME_TYPES["ticker", "dict"]
         ticker_typed = _FRAME_TYPES["ticker", "typed"]
         set_attr = _set
 
-        def feed(data: str | bytes) -> str | None:
-            link.last_frame_at = monotonic()
-            try:
-                frame = self.decode(data)
-            except Exception:
-                return self._slow(link, data)
-            link.data_frames += 1
-            cls = type(frame)
-            # The firehose's case inlined: a ticker of a routed symbol, no gap pending.
-            if cls is ticker_dict or cls is ticker_typed:
-                sym = frame.symbol
-                route = self.tickers.get(sym)
-                if route is not None and not gaps.open:
-                    route.count += 1
-                    ev = frame.data
-                    if cls is ticker_dict:
-                        ev["symbol"] = sym
-                    else:
-                        set_attr(ev, "symbol", sym)
-                    route.last = ev
-                    for push in route.push_all:
-                        push(ev)
-                    return None
-            self._generic(frame, link)
-            return None
+        def feed(frames: list[str | bytes]) -> list[str] | None:
+            replies: list[str] | None = None
+            # The table is replaced only between batches (handlers change on the loop,
+            # never while the reader runs), so look it up once per batch.
+            decode = self.decode
+            tickers = self.tickers
+            data_frames = 0
+            for data in frames:
+                try:
+                    try:
+                        frame = decode(data)
+                    except Exception:
+                        reply = self._slow(link, data)
+                        if reply is not None:
+                            replies = [reply] if replies is None else [*replies, reply]
+                        continue
+                    data_frames += 1
+                    cls = type(frame)
+                    # The firehose's case inlined: a ticker of a routed symbol, no gap
+                    # pending.
+                    if cls is ticker_dict or cls is ticker_typed:
+                        sym = frame.symbol
+                        route = tickers.get(sym)
+                        if route is not None and not gaps.open:
+                            route.count += 1
+                            ev = frame.data
+                            if cls is ticker_dict:
+                                ev["symbol"] = sym
+                            else:
+                                set_attr(ev, "symbol", sym)
+                            route.last = ev
+                            route.push(ev)
+                            continue
+                    self._generic(frame, link)
+                except Exception:
+                    # A safety net: a bug here costs this frame, never the rest of the
+                    # batch or the read loop.
+                    log.exception("internal error while handling a frame; frame dropped")
+            link.data_frames += data_frames
+            return replies
 
         return feed
 
@@ -459,8 +492,7 @@ class Router:
         if link.gaps.open:
             self._gap_end(link, route, ev)
         route.last = ev
-        for push in route.push_all:
-            push(ev)
+        route.push(ev)
         if route.kind == "candles" and _candle_closed(ev):
             route.last_closed = ev
             for push in route.push_closed:

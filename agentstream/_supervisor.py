@@ -73,7 +73,7 @@ class Link:
         self.ready = asyncio.Event()
         #: Data frames received on the current connection.
         self.data_frames = 0
-        #: time.monotonic() of the last text or binary frame (set by the router's feed).
+        #: time.monotonic() of the last text or binary frame (set by ``Connection.pump``).
         self.last_frame_at = 0.0
         #: Whether the server has shown it accepted the key (ack, data, or time open).
         self.proven = False
@@ -172,7 +172,7 @@ class Link:
 
                 tg.start_soon(watchdog)
                 client._on_link_up(self, reconnect)
-                info = await conn.pump(client._router.feed_for(self))
+                info = await conn.pump(client._router.feed_for(self), self)
                 if self.data_frames:
                     self._prove()  # data arrived, even if before the watchdog's next tick
                 tg.cancel_scope.cancel()
