@@ -44,7 +44,6 @@ Feed = Callable[[list[str | bytes]], list[str] | None]
 _SLICE_S = 0.001
 #: Frames handed to the feed at most at once; the clock is read once per batch.
 _BATCH = 32
-_BATCH_RANGE = range(_BATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +94,7 @@ class Connection:
                     # parsed are taken straight from its queue, which costs a third of a
                     # receive() call. ``quick`` says the socket was not closing when this
                     # task last resumed (only then can that change).
-                    for _ in _BATCH_RANGE:
+                    for _ in range(_BATCH - len(batch)):
                         if not buf:
                             break
                         head = buf[0][0].type  # type: ignore[index]

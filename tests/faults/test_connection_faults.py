@@ -19,7 +19,7 @@ import anyio
 import pytest
 from anyio.streams.text import TextReceiveStream
 
-from agentstream import StaleConnectionError, StreamConnectionError, Ticker
+from agentstream import StaleConnectionError, StreamConnectionError, Ticker, transport
 from tests.client.conftest import running, wait_for
 from tests.faults.conftest import CHANNELS, Hooks, client, watched
 from tests.faults.servers import Script, ScriptedServer
@@ -230,9 +230,14 @@ async def test_accept_and_close_at_once_forever_backs_off() -> None:
 
 
 @pytest.mark.slow
-async def test_stop_under_a_firehose_returns_promptly() -> None:
-    # Under a firehose receive() never suspends; the client must still be stoppable (it
-    # once hung for minutes: anyio does not cancel a task whose wait already completed).
+@pytest.mark.parametrize("fast_read", [True, False], ids=["fast-read", "receive-only"])
+async def test_stop_under_a_firehose_returns_promptly(
+    fast_read: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under a firehose the reader never suspends (neither receive() nor the fast path
+    # waits while frames are queued); the client must still be stoppable (it once hung
+    # for minutes: anyio does not cancel a task whose wait already completed).
+    monkeypatch.setattr(transport, "FAST_READ", fast_read)
     port = _free_port()
     async with sim_process(port, "--firehose"):
         ws = client(f"ws://127.0.0.1:{port}")
