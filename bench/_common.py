@@ -36,6 +36,7 @@ Scope = Literal["symbols", "all"]
 #: ``all``: one ``ticker_all`` subscription (620 pairs, round-robin).
 CLIENTS: Final[dict[str, Scope]] = {
     "bare": "symbols",
+    "bare-model": "symbols",
     "websockets-json": "symbols",
     "as-dict": "symbols",
     "as-typed": "symbols",

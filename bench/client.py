@@ -12,6 +12,9 @@ Clients (see ``bench._common.CLIENTS``):
     bare                 aiohttp ``ws_connect`` + ``receive()`` loop, msgspec decode of the
                          whole frame into a typed Struct, dict lookup symbol -> handler, a
                          sync handler: the baseline, an ordinary hand-written loop
+    bare-model           the bare loop decoding ``data`` into agentstream's own ``Ticker``
+                         model (Decimal amounts, aware datetime, its checks) instead of
+                         strings: not a target, it shows what the model itself costs
     bare-all             the same on ``ticker_all`` (one handler for every pair)
     websockets-json      ``websockets`` client + ``json.loads`` + dict dispatch to the same
                          handler: the pattern most peer SDKs use
@@ -139,6 +142,12 @@ def on_frame(f: Frame) -> None:  # bare loop: the decoded Struct
     COUNT += 1
 
 
+def on_model(f: Any) -> None:  # bare-model: a frame whose data is a Ticker
+    global COUNT
+    PRICES[f.symbol] = f.data.price
+    COUNT += 1
+
+
 def on_json(m: dict[str, Any]) -> None:  # websockets + json: the whole message
     global COUNT
     PRICES[m["symbol"]] = m["data"]["price"]
@@ -178,6 +187,14 @@ def on_frame_rate(f: Frame) -> None:
     PRICES[f.symbol] = f.data.price  # type: ignore[index, union-attr]
     COUNT += 1
     _latency(int(f.data.quantity), now)  # type: ignore[union-attr]
+
+
+def on_model_rate(f: Any) -> None:
+    global COUNT
+    now = monotonic_ns()
+    PRICES[f.symbol] = f.data.price
+    COUNT += 1
+    _latency(int(f.data.quantity), now)
 
 
 def on_json_rate(m: dict[str, Any]) -> None:
@@ -255,10 +272,27 @@ def _subscribes(scope: str) -> list[str]:
 async def run_bare(args: argparse.Namespace, scope: str) -> dict[str, Any]:
     import aiohttp
 
-    decode = msgspec.json.Decoder(Frame).decode
-    handler = on_frame_rate if args.mode == "rate" else on_frame
-    handlers: dict[str, Callable[[Frame], None]] = {}
-    all_handler: Callable[[Frame], None] | None = None
+    rate = args.mode == "rate"
+    decode: Callable[[bytes | str], Any]
+    handler: Callable[[Any], None]
+    if args.client == "bare-model":
+        from agentstream.models import Ticker as Model  # only this client needs it
+
+        # Frame with data: Ticker (built here: this module's annotations are strings).
+        model_frame = msgspec.defstruct(
+            "ModelFrame",
+            [
+                (name, Model | None if name == "data" else str | None, None)
+                for name in Frame.__struct_fields__
+            ],
+        )
+        decode = msgspec.json.Decoder(model_frame).decode
+        handler = on_model_rate if rate else on_model
+    else:
+        decode = msgspec.json.Decoder(Frame).decode
+        handler = on_frame_rate if rate else on_frame
+    handlers: dict[str, Callable[[Any], None]] = {}
+    all_handler: Callable[[Any], None] | None = None
     if scope == "all":
         all_handler = handler
     else:
@@ -270,10 +304,10 @@ async def run_bare(args: argparse.Namespace, scope: str) -> dict[str, Any]:
             msg = await ws.receive()
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break  # the server closed the stream (CLOSE), or the socket died
-            frame = decode(msg.data)
+            frame: Any = decode(msg.data)
             if frame.data is None:
                 continue  # a control message: subscribed, ping, ...
-            h = handlers.get(frame.symbol, all_handler)  # type: ignore[arg-type]
+            h = handlers.get(frame.symbol, all_handler)
             if h is not None:
                 h(frame)
     return {}
@@ -409,7 +443,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampler.start()
     started = time.perf_counter()
     extra: dict[str, Any]
-    if name in ("bare", "bare-all"):
+    if name in ("bare", "bare-model", "bare-all"):
         extra = asyncio.run(run_bare(args, scope))
     elif name in ("websockets-json", "websockets-json-all"):
         extra = asyncio.run(run_websockets_json(args, scope))

@@ -18,8 +18,8 @@ Modes (``--modes``, comma-separated):
     <N>        a fixed offered rate of N frames per second (e.g. 20000); the score is
                the latency from the server's send stamp to the handler call, p50 / p99
 
-Clients (``--clients``): bare, websockets-json, as-dict, as-typed, as-async, as-thread
-(10 symbols, one ticker subscription each), and bare-all, websockets-json-all, as-all
+Clients (``--clients``): bare, bare-model, websockets-json, as-dict, as-typed, as-async,
+as-thread (10 symbols, one ticker subscription each), and bare-all, websockets-json-all, as-all
 (``ticker_all``, 620 pairs). Each row is compared with the baseline of its own scope:
 as-all with bare-all and websockets-json-all, the others with bare and websockets-json.
 
@@ -57,6 +57,7 @@ from bench._common import (
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIENTS = (
     "bare",
+    "bare-model",
     "websockets-json",
     "as-dict",
     "as-typed",
@@ -507,6 +508,16 @@ def checks(summary: dict[str, dict[str, Row]], runs: int) -> list[tuple[str, str
     for name in ("as-thread", "as-all"):
         if name in blast:
             ratio_check(name, BASELINE[name], 0.85, "informative, same bar as sync")
+    typed, model = thr("as-typed"), thr("bare-model")
+    if typed is not None and model is not None:
+        # Not a target: what the typed path costs beyond the model's own decoding.
+        out.append(
+            (
+                "INFO",
+                f"blast: as-typed = {typed / model:.2f}x bare-model (the bare loop decoding "
+                "the same Ticker model, Decimals and datetime)",
+            )
+        )
 
     r20 = summary.get("20000", {})
     for name in AGENTSTREAM_CLIENTS:

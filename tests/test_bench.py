@@ -26,7 +26,7 @@ def test_tiny_comparison_runs_and_reports_numbers(
     out_file = tmp_path / "bench.json"
     argv = [
         *("--runs", "1", "--warmup", "0.2", "--seconds", "0.3"),
-        *("--modes", "blast,2000", "--clients", "bare,as-dict", "--json", str(out_file)),
+        *("--modes", "blast,2000", "--clients", "bare,bare-model,as-dict", "--json", str(out_file)),
     ]
     assert bench_main(argv) == 0
     printed = capsys.readouterr().out
@@ -35,14 +35,17 @@ def test_tiny_comparison_runs_and_reports_numbers(
     assert "== rate 2,000 msg/s" in printed
     assert "targets (ratios of medians" in printed
     assert "blast: as-dict >= 0.85x bare" in printed  # the check ran (PASS or FAIL)
+    assert "bare-model" in printed
 
     report = json.loads(out_file.read_text())
     assert report["meta"]["nproc"] >= 1
     jobs = report["jobs"]
     assert {(j["client"], j["mode"]) for j in jobs} == {
         ("bare", "blast"),
+        ("bare-model", "blast"),
         ("as-dict", "blast"),
         ("bare", "2000"),
+        ("bare-model", "2000"),
         ("as-dict", "2000"),
     }
     for job in jobs:
