@@ -136,12 +136,16 @@ class Connection:
                 kind = msg.type
                 if kind is text or kind is binary:
                     append(msg.data)
-                elif kind is WSMsgType.PING:
+                elif kind is WSMsgType.PING or kind is WSMsgType.PONG:
                     self.frames += 1
-                    await ws.pong(msg.data)
+                    if kind is WSMsgType.PING:
+                        await ws.pong(msg.data)
+                    now = monotonic()
+                    if now >= slice_end:
+                        # A flood of pings never suspends receive() either: yield by time.
+                        await asyncio.sleep(0)
+                        slice_end = monotonic() + _SLICE_S
                     quick = fast and not (ws._closing or ws._closed)
-                elif kind is WSMsgType.PONG:
-                    self.frames += 1
                 elif kind is WSMsgType.ERROR:
                     # aiohttp puts a protocol error (1009 too big, 1007 bad UTF-8) in data.
                     exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
@@ -184,6 +188,20 @@ class Connection:
 
 #: Read queued frames straight from aiohttp's message queue (tests switch it off).
 FAST_READ = True
+#: aiohttp versions whose message queue was checked (its code read, and the client and
+#: fault suites run with it): from 3.11 to 3.14. Others read every frame with receive().
+_FAST_READ_VERSIONS = ((3, 11), (3, 14))
+
+
+def _aiohttp_version() -> tuple[int, int]:
+    try:
+        major, minor = aiohttp.__version__.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+_FAST_READ_OK = _FAST_READ_VERSIONS[0] <= _aiohttp_version() <= _FAST_READ_VERSIONS[1]
 
 
 class FrameClock(Protocol):
@@ -199,14 +217,16 @@ def _buffered_messages(
 
     ``receive()`` takes a message from ``ws._reader``: a queue of ``(message, size)``
     pairs with an awaitable ``read()`` that returns at once while the queue is not
-    empty. These are aiohttp internals (3.10 to 3.14 at least), so they are checked
-    here, and without them every frame goes through ``receive()``.
+    empty. These are aiohttp internals, so the fast path is used only with the aiohttp
+    versions it was checked with (``_FAST_READ_VERSIONS``) and when they are there;
+    otherwise every frame goes through ``receive()``.
     """
     reader = getattr(ws, "_reader", None)
     queue = getattr(reader, "_buffer", None)
     read = getattr(reader, "read", None)
     if (
         not FAST_READ
+        or not _FAST_READ_OK
         or not isinstance(queue, deque)
         or not callable(read)
         or not isinstance(getattr(ws, "_closing", None), bool)

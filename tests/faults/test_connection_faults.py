@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -238,6 +238,15 @@ async def test_stop_under_a_firehose_returns_promptly(
     # waits while frames are queued); the client must still be stoppable (it once hung
     # for minutes: anyio does not cancel a task whose wait already completed).
     monkeypatch.setattr(transport, "FAST_READ", fast_read)
+    used: list[bool] = []  # per connection: did the reader take the fast path?
+    buffered = transport._buffered_messages
+
+    def spy(ws: aiohttp.ClientWebSocketResponse) -> Any:
+        found = buffered(ws)
+        used.append(found is not None)
+        return found
+
+    monkeypatch.setattr(transport, "_buffered_messages", spy)
     port = _free_port()
     async with sim_process(port, "--firehose"):
         ws = client(f"ws://127.0.0.1:{port}")
@@ -256,3 +265,4 @@ async def test_stop_under_a_firehose_returns_promptly(
             took = time.monotonic() - started
     assert took < 2.0
     assert ws.stats.state == "stopped"
+    assert used and all(u == fast_read for u in used)
