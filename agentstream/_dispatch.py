@@ -67,6 +67,10 @@ _ORDER_OPTIONAL = (
 _BATCH = 256  # events a worker handles before yielding to the event loop
 _SLICE_S = 0.001  # a sync handler's queue is drained for about this long per loop turn
 _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warning
+#: A sync handler whose drains averaged less than this per event (over at least
+#: _DIRECT_MIN_EVENTS) is called straight from the reader while its queue is empty.
+_DIRECT_MAX_S = 20e-6
+_DIRECT_MIN_EVENTS = 16
 _MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and counted
 
 
@@ -154,6 +158,7 @@ class Slot:
         "conflatable",
         "conflated",
         "delivered",
+        "direct",
         "fn",
         "inline",
         "is_async",
@@ -169,6 +174,8 @@ class Slot:
         "scope",
         "stopped",
         "thread",
+        "timed_events",
+        "timed_s",
         "wake",
         "warned_slow",
     )
@@ -207,6 +214,10 @@ class Slot:
         self.inline = fn is not None and not self.is_async and not thread
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduled = False
+        #: Proven fast (see drain()): called from the reader while nothing is queued.
+        self.direct = False
+        self.timed_events = 0  # events and time of drains since the last verdict
+        self.timed_s = 0.0
         self.push: Callable[[Any], None] = self._push_drain if self.inline else self._push_wake
 
     def bind_loop(self) -> None:
@@ -215,6 +226,7 @@ class Slot:
         self.loop = asyncio.get_running_loop()
         self.scheduled = False
         self.stopped = False
+        self.direct = False
         self.scope = None
         if self.queue:
             self.wake.set()
@@ -237,6 +249,17 @@ class Slot:
         q = self.queue
         n = len(q)
         if not n:
+            if self.direct and not self.stopped:
+                # A handler proven fast, nothing queued before this event: call it now,
+                # from the reader, instead of queueing it for a drain. The reader times
+                # its batches and puts every handler back to queueing when one ran long
+                # (Router.feed_for), and drain() proves it fast again.
+                try:
+                    self.fn(event)  # type: ignore[misc]
+                except Exception as exc:
+                    self._failed(exc, event)
+                self.delivered += 1
+                return
             if not self.scheduled:
                 self._schedule()
         elif n >= self.max_queue and self.conflatable:
@@ -304,6 +327,14 @@ class Slot:
                 self._schedule()
         self.delivered += n
         elapsed = time.monotonic() - started
+        # Proven fast over at least _DIRECT_MIN_EVENTS events (over several drains when
+        # events come one at a time): from now on called from the reader.
+        self.timed_events += n
+        self.timed_s += elapsed
+        if self.timed_events >= _DIRECT_MIN_EVENTS:
+            self.direct = self.timed_s < self.timed_events * _DIRECT_MAX_S
+            self.timed_events = 0
+            self.timed_s = 0.0
         if elapsed > _SLOW_HANDLER_S and not self.warned_slow:
             self.warned_slow = True
             log.warning(
@@ -388,6 +419,7 @@ class Slot:
 
     def cancel(self) -> None:
         self.stopped = True
+        self.direct = False
         if self.scope is not None:
             self.scope.cancel()
 

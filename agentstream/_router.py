@@ -54,6 +54,8 @@ _MAX_KEY_LENGTH = 64
 _MAX_ALL_SYMBOLS = 10_000
 #: Missing candles listed in one gap report at most (the count is always exact).
 _MAX_MISSING_LISTED = 10_000
+#: 8 frames handled in more than this: a handler called from the reader was slow.
+_DIRECT_BUDGET_S = 0.001
 INTERVAL_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
 
 
@@ -286,6 +288,8 @@ class Router:
         self.server_errors = 0
         self.gaps = 0
         self.last_frame_at: float | None = None
+        #: True while a batch of frames is being routed (handlers may run meanwhile).
+        self.feeding = False
         self._drop_logged_at = -1e9
         self._drops_unlogged = 0
 
@@ -384,6 +388,7 @@ class Router:
         ticker_dict = _FRAME_TYPES["ticker", "dict"]
         ticker_typed = _FRAME_TYPES["ticker", "typed"]
         set_attr = _set
+        monotonic = time.monotonic
 
         def feed(frames: list[str | bytes]) -> list[str] | None:
             replies: list[str] | None = None
@@ -392,41 +397,62 @@ class Router:
             decode = self.decode
             tickers = self.tickers
             data_frames = 0
-            for data in frames:
-                try:
+            # Handlers may run inside this loop (below): a change of handlers they make
+            # is applied after the batch (see AgentExchangeWS._schedule_sync).
+            self.feeding = True
+            # Sync handlers proven fast are called from here (Slot._push_drain): if 8
+            # frames take longer than _DIRECT_BUDGET_S, one of them was not fast after
+            # all, and all go back to their queues until their drains prove them again.
+            try:
+                window = monotonic()
+                for data in frames:
                     try:
-                        frame = decode(data)
-                    except Exception:
-                        reply = self._slow(link, data)
-                        if reply is not None:
-                            replies = [reply] if replies is None else [*replies, reply]
-                        continue
-                    data_frames += 1
-                    cls = type(frame)
-                    # The firehose's case inlined: a ticker of a routed symbol, no gap
-                    # pending.
-                    if cls is ticker_dict or cls is ticker_typed:
-                        sym = frame.symbol
-                        route = tickers.get(sym)
-                        if route is not None and not gaps.open:
-                            route.count += 1
-                            ev = frame.data
-                            if cls is ticker_dict:
-                                ev["symbol"] = sym
-                            else:
-                                set_attr(ev, "symbol", sym)
-                            route.last = ev
-                            route.push(ev)
+                        try:
+                            frame = decode(data)
+                        except Exception:
+                            reply = self._slow(link, data)
+                            if reply is not None:
+                                replies = [reply] if replies is None else [*replies, reply]
                             continue
-                    self._generic(frame, link)
-                except Exception:
-                    # A safety net: a bug here costs this frame, never the rest of the
-                    # batch or the read loop.
-                    log.exception("internal error while handling a frame; frame dropped")
+                        data_frames += 1
+                        if not data_frames & 7:
+                            now = monotonic()
+                            if now - window > _DIRECT_BUDGET_S:
+                                self._demote()
+                            window = now
+                        cls = type(frame)
+                        # The firehose's case inlined: a ticker of a routed symbol, no gap
+                        # pending.
+                        if cls is ticker_dict or cls is ticker_typed:
+                            sym = frame.symbol
+                            route = tickers.get(sym)
+                            if route is not None and not gaps.open:
+                                route.count += 1
+                                ev = frame.data
+                                if cls is ticker_dict:
+                                    ev["symbol"] = sym
+                                else:
+                                    set_attr(ev, "symbol", sym)
+                                route.last = ev
+                                route.push(ev)
+                                continue
+                        self._generic(frame, link)
+                    except Exception:
+                        # A safety net: a bug here costs this frame, never the rest of the
+                        # batch or the read loop.
+                        log.exception("internal error while handling a frame; frame dropped")
+            finally:
+                self.feeding = False
             link.data_frames += data_frames
             return replies
 
         return feed
+
+    def _demote(self) -> None:
+        """Every sync handler back to its queue (see Slot._push_drain)."""
+        for route in list(self.routes.values()):
+            for slot in route.dict_slots + route.typed_slots:
+                slot.direct = False
 
     def _ticker_route(self, sym: str) -> Route | None:
         """The route of a symbol with no route yet: one of ticker:all's, or None."""

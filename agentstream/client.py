@@ -793,8 +793,12 @@ class AgentExchangeWS:
         loop = self._loop
         if loop is None:
             return
-        if threading.get_ident() == self._loop_thread:
+        if threading.get_ident() == self._loop_thread and not self._router.feeding:
             self._sync()
+        elif threading.get_ident() == self._loop_thread:
+            # From a handler the reader is calling: change the routes after its batch,
+            # not under the frames it is routing.
+            loop.call_soon(self._sync)
         else:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._sync)

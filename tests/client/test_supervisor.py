@@ -628,3 +628,77 @@ async def test_sync_handler_added_and_readded_mid_run_gets_events(sim: SimExchan
         ws.on_ticker("ETHUSDT", on_eth)  # the same function again
         await wait_for(lambda: len(got) >= 3, what="events after re-adding")
     assert all(d["symbol"] == "ETHUSDT" for d in got)
+
+
+async def test_a_fast_handler_is_called_from_the_reader_until_it_turns_slow() -> None:
+    # A sync handler whose drains prove it fast is called straight from the reader (no
+    # queue hop). When it turns slow, the reader must notice within a few events and
+    # queue for it again: keep reading, answer pings, take orders, conflate the ticks.
+    async with SimExchange(
+        tick_rate=4000, ping_interval=0.05, pong_timeout=0.15, order_interval=0.02
+    ) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST, queue_size=200)
+        calls: list[float] = []
+        slow_from: list[int] = []
+        order_times: dict[str, float] = {}
+
+        def tick(data: dict[str, Any]) -> None:
+            calls.append(time.monotonic())
+            if slow_from and len(calls) > slow_from[0]:
+                time.sleep(0.001)
+
+        def on_order(o: OrderUpdate) -> None:
+            order_times.setdefault(o.status, time.monotonic())
+
+        ws.on_ticker("all", tick)
+        ws.on_order_update(on_order)
+
+        def tick_slot() -> Any:
+            return ws._slots["ticker:all"][0]
+
+        async with running(ws):
+            await wait_for(lambda: tick_slot().direct, what="the handler proven fast")
+            fast_calls = len(calls)
+            slow_from.append(len(calls))
+            await wait_for(lambda: not tick_slot().direct, what="the handler put back")
+            # At most 8 frames (the reader's check) plus a batch's tail went past
+            # before the reader noticed.
+            demoted_after = len(calls) - slow_from[0]
+            placed = time.monotonic()
+            await s.place_order(
+                DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
+            )
+            await wait_for(lambda: "filled" in order_times, timeout=2, what="the fill")
+            await anyio.sleep(0.5)
+            received = ws.stats.messages_total
+            slow_calls = len(calls) - slow_from[0]
+        assert fast_calls > 0
+        assert demoted_after <= 40, demoted_after
+        assert order_times["filled"] - placed < 0.5
+        assert s.stats.connections_opened == 1, "a late pong got the client dropped"
+        assert ws.stats.conflated > 0
+        assert received > fast_calls + 1.5 * slow_calls  # the reader outran the handler
+
+
+async def test_a_handler_registered_from_a_handler_gets_only_its_own_representation() -> None:
+    # Handlers proven fast run inside the reader's batch. One that registers a typed
+    # handler on the same channel changes how frames decode; the rest of the batch must
+    # not reach the new typed handler as dicts (the routes change after the batch).
+    async with SimExchange(firehose=True) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST)
+        typed: list[Any] = []
+        added: list[bool] = []
+
+        def on_typed(t: Ticker) -> None:
+            typed.append(t)
+
+        def plain(data: dict[str, Any]) -> None:
+            if not added and ws._slots["ticker:all"][0].direct:
+                added.append(True)
+                ws.on_ticker("all", on_typed)
+
+        ws.on_ticker("all", plain)
+        async with running(ws):
+            await wait_for(lambda: len(typed) > 1000, what="typed events")
+        assert added
+        assert {type(t) for t in typed} == {Ticker}
