@@ -1,11 +1,13 @@
 """Handlers, their queues and workers, and the routing table the reader uses.
 
 Every registered handler (a *slot*) owns a queue. The reader task decodes a frame once
-and appends it to the queues of the handlers of its channel: it never runs user code
-and never awaits a handler. A plain sync handler's queue is drained by loop callbacks
-(about 1 ms each, scheduled once per batch), an async handler's by a worker task of its
-own, a ``thread=True`` handler's in a worker thread. So a slow handler delays only
-itself, and events of one channel reach a handler in order.
+and appends it to the queues of the handlers of its channel; it never awaits a handler.
+A plain sync handler's queue is drained by loop callbacks (about 1 ms each, scheduled
+once per batch), an async handler's by a worker task of its own, a ``thread=True``
+handler's in a worker thread. So a slow handler delays only itself, and events of one
+channel reach a handler in order. A plain sync handler that has proved fast is called
+by the reader directly while its queue is empty (see ``Slot._push_drain``), and goes
+back to its queue as soon as the reader sees a slow batch.
 
 Queues are bounded where dropping is safe: when a ticker (or in-progress candle)
 handler falls behind, older events of the same symbol are conflated (the latest
@@ -71,7 +73,11 @@ _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warnin
 #: _DIRECT_MIN_EVENTS) is called straight from the reader while its queue is empty.
 _DIRECT_MAX_S = 20e-6
 _DIRECT_MIN_EVENTS = 16
-_MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and counted
+_MAX_HOOK_QUEUE = 10_000
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc  # hook calls waiting; beyond this they are dropped and counted
 
 
 def first_param_model(fn: Callable[..., Any]) -> type[Any] | None:
@@ -209,7 +215,8 @@ class Slot:
         self.scope: anyio.CancelScope | None = None
         self.stopped = False
         self.warned_slow = False
-        #: A plain sync handler runs from loop callbacks scheduled by the reader, with no
+        #: A plain sync handler runs from loop callbacks scheduled by the reader (or from
+        #: the reader itself once proved fast, see _push_drain), with no
         #: task of its own; async, threaded handlers and listen() have a worker or reader.
         self.inline = fn is not None and not self.is_async and not thread
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -258,6 +265,13 @@ class Slot:
                     self.fn(event)  # type: ignore[misc]
                 except Exception as exc:
                     self._failed(exc, event)
+                except BaseException as exc:
+                    # As from a drain: the event loop gets it (it logs it, or stops on
+                    # KeyboardInterrupt and SystemExit); the reader goes on.
+                    self.direct = False
+                    self.delivered += 1
+                    self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
+                    return
                 self.delivered += 1
                 return
             if not self.scheduled:

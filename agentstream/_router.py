@@ -1,4 +1,5 @@
-"""The reader's hot path: decode a frame once, hand it to the queues of its handlers.
+"""The reader's hot path: decode a frame once, hand it to the queues of its handlers
+(or, for a sync handler proved fast, straight to the handler).
 
 A data frame is decoded in one pass by a msgspec tagged union whose members are built
 for the handlers registered now: a channel kind that only dict handlers want decodes
@@ -27,7 +28,13 @@ from typing import Any, cast
 
 import msgspec
 
-from agentstream._dispatch import _ORDER_OPTIONAL, DECODERS, MODEL_OF_KIND, dict_decoder
+from agentstream._dispatch import (
+    _ORDER_OPTIONAL,
+    _SLOW_HANDLER_S,
+    DECODERS,
+    MODEL_OF_KIND,
+    dict_decoder,
+)
 from agentstream.errors import DecodeError
 from agentstream.models import Candle, Gap, _as_datetime
 from agentstream.protocols.agentexchange import PONG, data_key, envelope_decoder, normalize_key
@@ -54,8 +61,9 @@ _MAX_KEY_LENGTH = 64
 _MAX_ALL_SYMBOLS = 10_000
 #: Missing candles listed in one gap report at most (the count is always exact).
 _MAX_MISSING_LISTED = 10_000
-#: 8 frames handled in more than this: a handler called from the reader was slow.
-_DIRECT_BUDGET_S = 0.001
+#: 8 frames (or a batch's last ones) handled in more than this, 25 µs a frame: a handler
+#: called from the reader was not as fast as its drains showed (20 µs a call).
+_DIRECT_BUDGET_S = 200e-6
 INTERVAL_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
 
 
@@ -290,6 +298,7 @@ class Router:
         self.last_frame_at: float | None = None
         #: True while a batch of frames is being routed (handlers may run meanwhile).
         self.feeding = False
+        self._warned_slow = False
         self._drop_logged_at = -1e9
         self._drops_unlogged = 0
 
@@ -413,12 +422,15 @@ class Router:
                             reply = self._slow(link, data)
                             if reply is not None:
                                 replies = [reply] if replies is None else [*replies, reply]
+                                # The pong goes out after the batch: no handler runs from
+                                # the reader until then.
+                                self._demote(0.0)
                             continue
                         data_frames += 1
                         if not data_frames & 7:
                             now = monotonic()
                             if now - window > _DIRECT_BUDGET_S:
-                                self._demote()
+                                self._demote(now - window)
                             window = now
                         cls = type(frame)
                         # The firehose's case inlined: a ticker of a routed symbol, no gap
@@ -441,6 +453,10 @@ class Router:
                         # A safety net: a bug here costs this frame, never the rest of the
                         # batch or the read loop.
                         log.exception("internal error while handling a frame; frame dropped")
+                if data_frames & 7:  # the batch's last frames
+                    took = monotonic() - window
+                    if took > _DIRECT_BUDGET_S:
+                        self._demote(took)
             finally:
                 self.feeding = False
             link.data_frames += data_frames
@@ -448,11 +464,24 @@ class Router:
 
         return feed
 
-    def _demote(self) -> None:
-        """Every sync handler back to its queue (see Slot._push_drain)."""
+    def _demote(self, took: float) -> None:
+        """Every sync handler back to its queue (see Slot._push_drain).
+
+        ``took``: how long the last frames took, for the warning when handlers called
+        from the reader blocked the event loop (a drain names the handler next time).
+        """
+        direct = 0
         for route in list(self.routes.values()):
             for slot in route.dict_slots + route.typed_slots:
+                direct += slot.direct
                 slot.direct = False
+        if direct and took > _SLOW_HANDLER_S and not self._warned_slow:
+            self._warned_slow = True
+            self.client.log.warning(
+                "sync handlers called from the reader blocked the event loop for %.2f s; "
+                "they go back to their queues (pass thread=True to a handler that blocks)",
+                took,
+            )
 
     def _ticker_route(self, sym: str) -> Route | None:
         """The route of a symbol with no route yet: one of ticker:all's, or None."""
@@ -518,8 +547,10 @@ class Router:
         if link.gaps.open:
             self._gap_end(link, route, ev)
         route.last = ev
+        # Decided before any handler runs (one may be called from here and change a dict).
+        closed = route.kind == "candles" and _candle_closed(ev)
         route.push(ev)
-        if route.kind == "candles" and _candle_closed(ev):
+        if closed:
             route.last_closed = ev
             for push in route.push_closed:
                 push(ev)

@@ -3,7 +3,8 @@
 ``Transport.connect`` opens a socket or raises one of our errors (with the API key
 masked); ``Connection.pump`` is the read loop: it hands every text or binary frame to
 a synchronous ``feed`` callback and sends back whatever ``feed`` returns (a pong). The
-loop itself never runs user code, so a slow handler can never delay a pong.
+loop itself never runs user code; the feed calls only handlers that proved fast, stops
+doing so when its frames run long, and never between a ping and its pong.
 """
 
 from __future__ import annotations

@@ -702,3 +702,86 @@ async def test_a_handler_registered_from_a_handler_gets_only_its_own_representat
             await wait_for(lambda: len(typed) > 1000, what="typed events")
         assert added
         assert {type(t) for t in typed} == {Ticker}
+
+
+class _Boom(BaseException):
+    """Not an Exception: what a handler must not be able to kill the stream with."""
+
+
+async def _promoted(ws: AgentExchangeWS, key: str = "ticker:all") -> None:
+    await wait_for(lambda: ws._slots[key][0].direct, what="the handler proven fast")
+
+
+async def test_a_base_exception_from_a_handler_called_by_the_reader_spares_the_stream(
+    sim: SimExchange,
+) -> None:
+    # As from a drain: the event loop gets it (and logs it); the reader goes on.
+    ws = make_client(sim)
+    calls: list[int] = []
+    raised: list[bool] = []
+    loop_errors: list[dict[str, Any]] = []
+
+    def tick(data: dict[str, Any]) -> None:
+        calls.append(1)
+        if ws._slots["ticker:all"][0].direct and not raised:
+            raised.append(True)
+            raise _Boom
+
+    ws.on_ticker("all", tick)
+    async with running(ws):
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
+        await _promoted(ws)
+        await wait_for(lambda: raised, what="the handler to raise")
+        after = len(calls)
+        await wait_for(lambda: len(calls) > after + 100, what="events after the exception")
+        state = ws.stats.state
+    assert state == "connected"
+    assert ws.stats.reconnects == 0
+    assert any(isinstance(c.get("exception"), _Boom) for c in loop_errors)
+
+
+async def test_a_handler_a_little_slower_than_it_proved_goes_back_to_its_queue() -> None:
+    # Proven under 20 µs a call, then 35 µs: not slow enough to stall the stream, but
+    # too slow to be called from the reader (it would pace it, and nothing conflates).
+    # No pings: a ping also sends handlers back to their queues, and this test is about
+    # the reader's clock.
+    async with SimExchange(ping_interval=60) as sim:
+        await _check_put_back_when_slower(sim)
+
+
+async def _check_put_back_when_slower(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    slow: list[bool] = []
+
+    def tick(data: dict[str, Any]) -> None:
+        if slow:
+            end = time.perf_counter() + 35e-6
+            while time.perf_counter() < end:
+                pass
+
+    ws.on_ticker("all", tick)
+    async with running(ws):
+        await _promoted(ws)
+        slow.append(True)
+        await wait_for(lambda: not ws._slots["ticker:all"][0].direct, what="the handler put back")
+
+
+async def test_a_handler_called_by_the_reader_that_blocks_is_reported(
+    sim: SimExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = make_client(sim)
+    blocked: list[bool] = []
+
+    def tick(data: dict[str, Any]) -> None:
+        if ws._slots["ticker:all"][0].direct and not blocked:
+            blocked.append(True)
+            time.sleep(0.3)
+
+    ws.on_ticker("all", tick)
+    async with running(ws):
+        await _promoted(ws)
+        await wait_for(lambda: blocked, what="the blocking call")
+        await wait_for(
+            lambda: "called from the reader blocked the event loop for" in caplog.text,
+            what="the warning",
+        )
