@@ -73,11 +73,12 @@ _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warnin
 #: _DIRECT_MIN_EVENTS) is called straight from the reader while its queue is empty.
 _DIRECT_MAX_S = 20e-6
 _DIRECT_MIN_EVENTS = 16
-_MAX_HOOK_QUEUE = 10_000
+_MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and counted
 
 
 def _reraise(exc: BaseException) -> None:
-    raise exc  # hook calls waiting; beyond this they are dropped and counted
+    """A loop callback: hand a handler's BaseException to the event loop, as a drain would."""
+    raise exc
 
 
 def first_param_model(fn: Callable[..., Any]) -> type[Any] | None:

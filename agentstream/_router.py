@@ -401,13 +401,12 @@ class Router:
 
         def feed(frames: list[str | bytes]) -> list[str] | None:
             replies: list[str] | None = None
-            # The table is replaced only between batches (handlers change on the loop,
-            # never while the reader runs), so look it up once per batch.
+            # The table is replaced only between batches: handlers change on the loop,
+            # and a change made from a handler called below is applied after the batch
+            # (``feeding``, see AgentExchangeWS._schedule_sync). So look it up once.
             decode = self.decode
             tickers = self.tickers
             data_frames = 0
-            # Handlers may run inside this loop (below): a change of handlers they make
-            # is applied after the batch (see AgentExchangeWS._schedule_sync).
             self.feeding = True
             # Sync handlers proven fast are called from here (Slot._push_drain): if 8
             # frames take longer than _DIRECT_BUDGET_S, one of them was not fast after

@@ -575,13 +575,32 @@ async def test_accept_then_drop_server_backs_off(sim: SimExchange) -> None:
     assert took >= 0.28
 
 
+#: 4,000 ticks/s (a handler taking 1 ms a tick handles ~1,000), pings to answer within
+#: 0.15 s, and an order engine stepping every 20 ms.
+_BUSY_SIM: dict[str, Any] = {
+    "tick_rate": 4000,
+    "ping_interval": 0.05,
+    "pong_timeout": 0.15,
+    "order_interval": 0.02,
+}
+
+
+async def _time_a_fill(
+    s: SimExchange, ws: AgentExchangeWS, order_times: dict[str, float], settle: float
+) -> tuple[float, int]:
+    """Place a market order; (seconds to its fill, messages read ``settle`` s later)."""
+    placed = time.monotonic()
+    await s.place_order(DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001")
+    await wait_for(lambda: "filled" in order_times, timeout=2, what="the fill")
+    await anyio.sleep(settle)
+    return order_times["filled"] - placed, ws.stats.messages_total
+
+
 async def test_slow_sync_handler_is_conflated_not_backpressured() -> None:
     # A sync handler runs on the loop: at 1 ms per tick it handles ~1,000 ticks/s of the
     # 4,000 offered. The reader must keep reading (answering pings, taking orders) and
     # conflate the ticks, not slow down to the handler's pace.
-    async with SimExchange(
-        tick_rate=4000, ping_interval=0.05, pong_timeout=0.15, order_interval=0.02
-    ) as s:
+    async with SimExchange(**_BUSY_SIM) as s:
         ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST, queue_size=200)
         calls: list[int] = []
         order_times: dict[str, float] = {}
@@ -597,14 +616,8 @@ async def test_slow_sync_handler_is_conflated_not_backpressured() -> None:
         ws.on_order_update(on_order)
         async with running(ws):
             await wait_for(lambda: len(calls) > 100, what="the slow handler to run")
-            placed = time.monotonic()
-            await s.place_order(
-                DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
-            )
-            await wait_for(lambda: "filled" in order_times, timeout=2, what="the fill")
-            await anyio.sleep(1.0)
-            received = ws.stats.messages_total
-        assert order_times["filled"] - placed < 0.5
+            fill, received = await _time_a_fill(s, ws, order_times, settle=1.0)
+        assert fill < 0.5
         assert s.stats.connections_opened == 1, "a late pong got the client dropped"
         assert ws.stats.conflated > 0
         assert received > 1.5 * len(calls)  # the reader outran the handler
@@ -634,9 +647,7 @@ async def test_a_fast_handler_is_called_from_the_reader_until_it_turns_slow() ->
     # A sync handler whose drains prove it fast is called straight from the reader (no
     # queue hop). When it turns slow, the reader must notice within a few events and
     # queue for it again: keep reading, answer pings, take orders, conflate the ticks.
-    async with SimExchange(
-        tick_rate=4000, ping_interval=0.05, pong_timeout=0.15, order_interval=0.02
-    ) as s:
+    async with SimExchange(**_BUSY_SIM) as s:
         ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST, queue_size=200)
         calls: list[float] = []
         slow_from: list[int] = []
@@ -664,17 +675,11 @@ async def test_a_fast_handler_is_called_from_the_reader_until_it_turns_slow() ->
             # At most 8 frames (the reader's check) plus a batch's tail went past
             # before the reader noticed.
             demoted_after = len(calls) - slow_from[0]
-            placed = time.monotonic()
-            await s.place_order(
-                DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
-            )
-            await wait_for(lambda: "filled" in order_times, timeout=2, what="the fill")
-            await anyio.sleep(0.5)
-            received = ws.stats.messages_total
+            fill, received = await _time_a_fill(s, ws, order_times, settle=0.5)
             slow_calls = len(calls) - slow_from[0]
         assert fast_calls > 0
         assert demoted_after <= 40, demoted_after
-        assert order_times["filled"] - placed < 0.5
+        assert fill < 0.5
         assert s.stats.connections_opened == 1, "a late pong got the client dropped"
         assert ws.stats.conflated > 0
         assert received > fast_calls + 1.5 * slow_calls  # the reader outran the handler
