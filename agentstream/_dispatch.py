@@ -270,9 +270,7 @@ class Slot:
                     # As from a drain: the event loop gets it (it logs it, or stops on
                     # KeyboardInterrupt and SystemExit); the reader goes on.
                     self.direct = False
-                    self.delivered += 1
                     self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
-                    return
                 self.delivered += 1
                 return
             if not self.scheduled:

@@ -83,6 +83,11 @@ class Connection:
         # empty, so the reader yields by time; see below).
         buf, read = buffered if buffered is not None else ((None,), receive)
         quick = False
+
+        def readable() -> bool:
+            # receive() reads only from a socket neither closing nor closed.
+            return not (ws._closing or ws._closed)
+
         text, binary = WSMsgType.TEXT, WSMsgType.BINARY
         batch: list[str | bytes] = []
         append = batch.append
@@ -115,7 +120,7 @@ class Connection:
                     if replies:
                         for reply in replies:
                             await ws.send_str(reply)
-                        quick = fast and not (ws._closing or ws._closed)
+                        quick = fast and readable()
                     if not buf:
                         # aiohttp's queue is empty: the next receive() waits for the
                         # socket, and handlers get their turn there.
@@ -127,13 +132,13 @@ class Connection:
                         # through: anyio does not cancel a task whose wait has already
                         # completed.
                         await asyncio.sleep(0)
-                        quick = fast and not (ws._closing or ws._closed)
+                        quick = fast and readable()
                         slice_end = monotonic() + _SLICE_S
                     continue
                 # Nothing the fast path takes: wait for a frame, or let receive() handle
                 # a control frame (close, ping, pong, error).
                 msg = await receive()
-                quick = fast and not (ws._closing or ws._closed)
+                quick = fast and readable()
                 kind = msg.type
                 if kind is text or kind is binary:
                     append(msg.data)
@@ -146,7 +151,7 @@ class Connection:
                         # A flood of pings never suspends receive() either: yield by time.
                         await asyncio.sleep(0)
                         slice_end = monotonic() + _SLICE_S
-                    quick = fast and not (ws._closing or ws._closed)
+                    quick = fast and readable()
                 elif kind is WSMsgType.ERROR:
                     # aiohttp puts a protocol error (1009 too big, 1007 bad UTF-8) in data.
                     exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()

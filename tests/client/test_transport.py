@@ -93,6 +93,12 @@ async def server() -> AsyncIterator[_Server]:
         await runner.cleanup()
 
 
+def _transport(close_timeout: float = 1.0) -> Transport:
+    return Transport(
+        ssl=None, connect_timeout=2, close_timeout=close_timeout, max_message_size=1 << 20
+    )
+
+
 class _Clock:
     last_frame_at = 0.0
 
@@ -110,9 +116,7 @@ async def test_a_burst_arrives_whole_in_order_with_control_frames_handled(
         return ["json-pong"] if '{"type": "ping"}' in batch else None
 
     clock = _Clock()
-    async with Transport(
-        ssl=None, connect_timeout=2, close_timeout=1, max_message_size=1 << 20
-    ) as tr:
+    async with _transport() as tr:
         conn = await tr.connect(server.url)
         info = await conn.pump(feed, clock)
         with anyio.fail_after(5):
@@ -140,9 +144,7 @@ async def test_a_burst_arrives_whole_in_order_with_control_frames_handled(
 async def test_the_fast_path_is_available_with_the_installed_aiohttp(server: _Server) -> None:
     # If an aiohttp upgrade moves its message queue, the client still works (every frame
     # through receive()), but slower: this test says so.
-    async with Transport(
-        ssl=None, connect_timeout=2, close_timeout=1, max_message_size=1 << 20
-    ) as tr:
+    async with _transport() as tr:
         conn = await tr.connect(server.url)
         version = aiohttp.__version__
         assert transport._buffered_messages(conn._ws) is not None, (
@@ -178,9 +180,7 @@ async def test_a_backlog_past_aiohttps_limit_arrives_whole_and_in_order(
             pass
         return None
 
-    async with Transport(
-        ssl=None, connect_timeout=2, close_timeout=1, max_message_size=1 << 20
-    ) as tr:
+    async with _transport() as tr:
         conns.append(await tr.connect(server.url))
         info = await conns[0].pump(feed, _Clock())
     assert seen == list(range(n))
@@ -227,9 +227,7 @@ async def test_a_flood_of_control_frames_cannot_make_the_reader_uncancellable(
         assert proc.stdout is not None
         with anyio.fail_after(10):
             port = int((await proc.stdout.receive()).decode().split()[0])
-        async with Transport(
-            ssl=None, connect_timeout=2, close_timeout=0.2, max_message_size=1 << 20
-        ) as tr:
+        async with _transport(close_timeout=0.2) as tr:
             conn = await tr.connect(f"ws://127.0.0.1:{port}/ws")
             started = time.monotonic()
             with anyio.move_on_after(0.3):
