@@ -7,7 +7,10 @@ once per batch), an async handler's by a worker task of its own, a ``thread=True
 handler's in a worker thread. So a slow handler delays only itself, and events of one
 channel reach a handler in order. A plain sync handler that has proved fast is called
 by the reader directly while its queue is empty (see ``Slot._push_drain``), and goes
-back to its queue as soon as the reader sees a slow batch.
+back to its queue as soon as the reader sees a slow batch. Likewise async handlers that
+have proved fast share one worker task (``SharedWorker``) instead of each being woken by
+the reader, until one of them suspends (it goes back to its own worker at once, without
+holding up the others) or their calls turn slow.
 
 Queues are bounded where dropping is safe: when a ticker (or in-progress candle)
 handler falls behind, older events of the same symbol are conflated (the latest
@@ -166,6 +169,7 @@ class Slot:
         "conflated",
         "delivered",
         "direct",
+        "flight",
         "fn",
         "inline",
         "is_async",
@@ -177,9 +181,12 @@ class Slot:
         "push",
         "queue",
         "report",
+        "runner",
         "scheduled",
         "scope",
+        "shared",
         "stopped",
+        "suspends",
         "thread",
         "timed_events",
         "timed_s",
@@ -219,6 +226,8 @@ class Slot:
         #: A plain sync handler runs from loop callbacks scheduled by the reader (or from
         #: the reader itself once proved fast, see _push_drain), with no
         #: task of its own; async, threaded handlers and listen() have a worker or reader.
+        #: ``scheduled``: a drain callback is due (sync), or the queue is on the shared
+        #: worker's ready list or being drained by it (async, see SharedWorker).
         self.inline = fn is not None and not self.is_async and not thread
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduled = False
@@ -226,6 +235,16 @@ class Slot:
         self.direct = False
         self.timed_events = 0  # events and time of drains since the last verdict
         self.timed_s = 0.0
+        #: An async handler proven fast: its events go to the shared worker (see
+        #: SharedWorker), which calls it; its own worker waits.
+        self.shared = False
+        self.runner: SharedWorker | None = None
+        #: Seen to suspend (await something real) when called by the shared worker: it
+        #: keeps its own worker from then on.
+        self.suspends = False
+        #: The shared worker's task left to finish a call of this handler that suspended;
+        #: until it ends, the handler's own worker leaves its queue alone.
+        self.flight: asyncio.Task[Any] | None = None
         self.push: Callable[[Any], None] = self._push_drain if self.inline else self._push_wake
 
     def bind_loop(self) -> None:
@@ -235,6 +254,8 @@ class Slot:
         self.scheduled = False
         self.stopped = False
         self.direct = False
+        self.shared = False
+        self.flight = None
         self.scope = None
         if self.queue:
             self.wake.set()
@@ -247,8 +268,15 @@ class Slot:
         q = self.queue
         n = len(q)
         if not n:
-            # The worker waits only on an empty queue: wake it once per batch, not per event.
-            self.wake.set()
+            # Wake the consumer only when the queue was empty: once per batch, not per event.
+            if not self.shared:
+                self.wake.set()
+            elif not self.scheduled:
+                self.scheduled = True
+                runner: SharedWorker = self.runner  # type: ignore[assignment]
+                if not runner.ready:
+                    runner.wake.set()
+                runner.ready.append(self)
         elif n >= self.max_queue and self.conflatable:
             self._conflate()
         q.append(event)
@@ -364,7 +392,7 @@ class Slot:
         q = self.queue
         with anyio.CancelScope() as self.scope:
             while True:
-                if not q:
+                if not q or self.shared or self.flight is not None:
                     self.wake.clear()
                     await self.wake.wait()
                     continue
@@ -384,14 +412,31 @@ class Slot:
                 # An async handler (sync ones drain from loop callbacks, see drain()).
                 # While it awaits, the reader may conflate the queue: re-check it.
                 n = 0
-                while q and n < _BATCH:
+                started = time.monotonic()
+                while q and n < _BATCH and not self.stopped:
                     ev = q.popleft()
                     n += 1
                     try:
                         await fn(ev)
                     except Exception as exc:
                         self._failed(exc, ev)
+                    except asyncio.CancelledError as exc:
+                        if not _own_cancelled(exc):
+                            raise
+                        self._failed(exc, ev)
                 self.delivered += n
+                runner = self.runner
+                if runner is not None and not self.suspends:
+                    # Proven fast (no call suspended for long) over at least
+                    # _DIRECT_MIN_EVENTS events: the shared worker calls it from now on.
+                    self.timed_events += n
+                    self.timed_s += time.monotonic() - started
+                    if self.timed_events >= _DIRECT_MIN_EVENTS:
+                        fast = self.timed_s < self.timed_events * _DIRECT_MAX_S
+                        self.timed_events = 0
+                        self.timed_s = 0.0
+                        if fast and not q and not self.stopped and self.flight is None:
+                            runner.adopt(self)
                 # Let the reader and other workers run between batches. (asyncio.sleep(0),
                 # not anyio's checkpoint(): that looks up the event loop library on every
                 # call, 6 % of the time in the async blast profile. A cancel scope still
@@ -413,7 +458,7 @@ class Slot:
             self.delivered += 1
         return failures
 
-    def _failed(self, exc: Exception, event: Any) -> None:
+    def _failed(self, exc: BaseException, event: Any) -> None:
         if self.report is None:
             return
         try:
@@ -433,11 +478,30 @@ class Slot:
     def cancel(self) -> None:
         self.stopped = True
         self.direct = False
+        runner = self.runner
+        if self.shared and runner is not None:
+            if runner.serving is self and runner.task is not asyncio.current_task():
+                # The shared worker's task is suspended in a call of this handler: leave
+                # that task to it (and to the cancellation below), go on with a new one.
+                runner._check(runner.generation)
+            runner.release(self)
         if self.scope is not None:
             self.scope.cancel()
+        flight = self.flight
+        if flight is not None and flight is not asyncio.current_task():
+            flight.cancel()
 
-    def start(self, start_soon: Callable[[Callable[[], Any]], Any]) -> None:
-        """Begin delivering: a worker task, or (sync handlers) drains on the loop."""
+    def start(
+        self,
+        start_soon: Callable[[Callable[[], Any]], Any],
+        runner: SharedWorker | None = None,
+    ) -> None:
+        """Begin delivering: a worker task, or (sync handlers) drains on the loop.
+
+        ``runner``: the shared worker that an async handler joins once proven fast.
+        """
+        if self.is_async and not self.thread:
+            self.runner = runner
         if self.inline:
             self.loop = asyncio.get_running_loop()  # also for a slot added mid-run
             self.stopped = False
@@ -445,6 +509,169 @@ class Slot:
                 self._schedule()
         else:
             start_soon(self.run)
+
+
+class SharedWorker:
+    """One task that calls the async handlers that have proved fast, a queue at a time.
+
+    An async handler starts with a worker task of its own, woken by the reader once per
+    batch. A task switch costs about 5 µs, and the tasks run one after another: with ten
+    handlers of a burst, the last is called some 50 µs after the reader. Once a
+    handler's calls have averaged under ``_DIRECT_MAX_S`` over at least
+    ``_DIRECT_MIN_EVENTS`` events, its own worker hands it to this one: the reader then
+    puts the handler's queue (still its own, bounded and conflated as always) on this
+    worker's ready list, and one task drains every ready queue in turn.
+
+    It keeps the guarantees of separate workers:
+
+    - A handler that suspends (awaits a network call, a sleep, a lock) does not hold up
+      the others: the first time the worker's task is suspended inside a call, a loop
+      callback it scheduled (``_check``) starts a new task for the ready list, and the
+      old task finishes that handler's call and hands its queue back to its own worker.
+      That handler keeps its own worker from then on (``Slot.suspends``).
+    - A handler whose calls here average more than ``_DIRECT_MAX_S`` goes back to its own
+      worker until it proves fast again.
+    - One call at a time per handler, in order: a handler is on the ready list at most
+      once (``Slot.scheduled``); it joins only from its own worker with an empty queue
+      and leaves while none of its calls runs here, and its own worker waits while it is
+      shared or a call of it is still in flight.
+    - Each queue is drained for at most about 1 ms before the next ready one (it goes to
+      the back of the list), and the task gives the event loop a turn every 1 ms.
+    """
+
+    def __init__(self, start_soon: Callable[[Callable[[], Any]], Any]) -> None:
+        self.ready: deque[Slot] = deque()
+        self.wake = asyncio.Event()
+        self.members: set[Slot] = set()
+        self.start_soon = start_soon
+        #: Bumped when the running task is left with a call that suspended.
+        self.generation = 0
+        self.task: asyncio.Task[Any] | None = None
+        #: The slot whose queue the task is draining, None between queues.
+        self.serving: Slot | None = None
+
+    def adopt(self, slot: Slot) -> None:
+        """From the slot's own worker, with its queue empty: drained here from now on."""
+        slot.shared = True
+        slot.scheduled = False
+        self.members.add(slot)
+
+    def release(self, slot: Slot) -> None:
+        """Back to its own worker (never while a call of it runs in this worker's task)."""
+        slot.shared = False
+        slot.scheduled = False
+        self.members.discard(slot)
+        if slot.queue and not slot.stopped:
+            slot.wake.set()
+
+    def release_all(self) -> None:
+        """Every handler back to its own worker (the client's run ended)."""
+        for slot in list(self.members):
+            self.release(slot)
+        self.ready.clear()
+
+    def _check(self, generation: int) -> None:
+        """A loop callback, once per slice: is the task suspended inside a handler call?
+
+        The task runs synchronously from the start of a slice until it awaits: either at
+        the slice's end (``serving`` is None then) or inside a call that suspended.
+        """
+        slot = self.serving
+        if slot is None or generation != self.generation:
+            return
+        self.generation += 1  # the old task finishes this call; a new one takes over
+        slot.flight = self.task
+        self.serving = None
+        self.task = None
+        self.start_soon(self.run)
+
+    async def run(self) -> None:
+        """Drain the ready queues (until this task is left with a call that suspended)."""
+        generation = self.generation
+        task = asyncio.current_task()
+        self.task = task
+        ready = self.ready
+        loop = asyncio.get_running_loop()
+        monotonic = time.monotonic
+        while True:
+            if not ready:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            loop.call_soon(self._check, generation)
+            deadline = monotonic() + _SLICE_S
+            while ready:
+                slot = ready.popleft()
+                if not slot.shared:
+                    continue  # released (or removed) since it was scheduled
+                self.serving = slot
+                fn = slot.fn
+                assert fn is not None
+                q = slot.queue
+                n = 0
+                started = monotonic()
+                try:
+                    while q and slot.shared:
+                        ev = q.popleft()
+                        n += 1
+                        try:
+                            await fn(ev)
+                        except Exception as exc:
+                            slot._failed(exc, ev)
+                        except asyncio.CancelledError as exc:
+                            if not _own_cancelled(exc):
+                                raise
+                            slot._failed(exc, ev)
+                        if not n & 15 and monotonic() > deadline:
+                            break
+                except asyncio.CancelledError:
+                    if slot.flight is not task or not slot.stopped:
+                        raise
+                    # The handler was removed while this task finished its call
+                    # (Slot.cancel): the call is cancelled, as in its own worker.
+                    task.uncancel()  # type: ignore[union-attr]
+                    slot.flight = None
+                    return
+                slot.delivered += n
+                if generation != self.generation:
+                    # A call suspended and a new task took the ready list over: this
+                    # handler goes back to its own worker for good.
+                    slot.suspends = True
+                    slot.flight = None
+                    self.release(slot)
+                    return
+                self.serving = None
+                if slot.stopped:
+                    continue  # removed from inside its own call
+                slot.timed_events += n
+                slot.timed_s += monotonic() - started
+                if slot.timed_events >= _DIRECT_MIN_EVENTS:
+                    fast = slot.timed_s < slot.timed_events * _DIRECT_MAX_S
+                    slot.timed_events = 0
+                    slot.timed_s = 0.0
+                    if not fast:
+                        self.release(slot)
+                        continue
+                if q:
+                    ready.append(slot)  # its turn again after the other ready ones
+                else:
+                    slot.scheduled = False
+                if monotonic() > deadline:
+                    break
+            # Let the reader and other tasks run between slices.
+            await asyncio.sleep(0)
+
+
+def _own_cancelled(exc: asyncio.CancelledError) -> bool:
+    """Whether a handler's CancelledError is its own, not a cancellation of the worker.
+
+    A handler that awaits a task or future cancelled elsewhere gets a CancelledError
+    although nobody cancelled the worker: that is the handler's failure, reported like
+    any other, and must not end the worker (anyio would take a child task that ends
+    cancelled for a reason to cancel the whole client).
+    """
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
 
 
 class HookRunner:

@@ -20,6 +20,7 @@ import anyio.to_thread
 from agentstream._dispatch import (
     KIND_OF_MODEL,
     HookRunner,
+    SharedWorker,
     Slot,
     callable_name,
     first_param_model,
@@ -190,6 +191,7 @@ class AgentExchangeWS:
         self._hooks_error: list[Callable[..., Any]] = []
         self._hooks_gap: list[Callable[..., Any]] = []
         self._hook_runner: HookRunner | None = None
+        self._shared_worker: SharedWorker | None = None
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -734,6 +736,8 @@ class AgentExchangeWS:
                 self._transport = transport
                 self._tg = tg
                 tg.start_soon(self._hook_runner.run)
+                self._shared_worker = SharedWorker(tg.start_soon)
+                tg.start_soon(self._shared_worker.run)
                 self._sync()
                 if not self._links:
                     self._new_link()
@@ -744,6 +748,10 @@ class AgentExchangeWS:
                     await self._stop_event.wait()
                 tg.cancel_scope.cancel()
         finally:
+            if self._shared_worker is not None:
+                # Undelivered events stay in their handlers' own queues for a next run.
+                self._shared_worker.release_all()
+                self._shared_worker = None
             for slot in self._running_slots:
                 if slot.inline:
                     slot.cancel()  # no more drains once stopped (tasks ended with the group)
@@ -832,7 +840,7 @@ class AgentExchangeWS:
             self._running_slots.discard(slot)
         for slot in new_slots:
             self._running_slots.add(slot)
-            slot.start(self._tg.start_soon)
+            slot.start(self._tg.start_soon, self._shared_worker)
         # With ticker:all the server already sends every pair once; subscribing single
         # tickers too would deliver their trades twice. Routes still serve their handlers.
         on_wire = wanted

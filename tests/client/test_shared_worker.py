@@ -1,0 +1,225 @@
+"""Async handlers proven fast share one worker task: it must keep every guarantee of
+separate workers (order, one call at a time, a suspending or slow handler delays only
+itself, removal cancels), against the real simulated exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from agentstream.sim import SimExchange
+from tests.client.conftest import make_client, running, wait_for
+
+if TYPE_CHECKING:
+    from agentstream import AgentExchangeWS
+
+pytestmark = pytest.mark.anyio
+
+
+def _slot(ws: AgentExchangeWS, fn: Any, key: str = "ticker:all") -> Any:
+    return next(s for s in ws._slots[key] if s.fn is fn)
+
+
+def _reference(ws: AgentExchangeWS) -> list[dict[str, Any]]:
+    """A sync handler on ticker:all: the order every handler must see events in."""
+    seen: list[dict[str, Any]] = []
+    ws.on_ticker("all", seen.append)
+    return seen
+
+
+def _in_order(got: list[dict[str, Any]], ref: list[dict[str, Any]]) -> None:
+    """``got`` is ``ref``'s first events, the very same objects, none missing or extra."""
+    assert len(got) > 0
+    assert len(got) <= len(ref)
+    bad = next((i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a is not b), None)
+    assert bad is None, f"event {bad} out of order or missing"
+
+
+async def test_fast_async_handlers_share_one_task_and_keep_order(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    ref = _reference(ws)
+    got: dict[str, list[dict[str, Any]]] = {"a": [], "b": [], "c": []}
+    tasks: dict[str, set[asyncio.Task[Any] | None]] = {k: set() for k in got}
+
+    def handler(name: str) -> Any:
+        async def on_tick(data: dict[str, Any]) -> None:
+            got[name].append(data)
+            if _slot(ws, on_tick).shared:
+                tasks[name].add(asyncio.current_task())
+
+        return on_tick
+
+    fns = {name: handler(name) for name in got}
+    for fn in fns.values():
+        ws.on_ticker("all", fn)
+    async with running(ws):
+        await wait_for(
+            lambda: (
+                all(len(t) > 0 for t in tasks.values()) and all(len(g) > 200 for g in got.values())
+            ),
+            what="all three handlers called by the shared worker",
+        )
+        shared_tasks = set().union(*tasks.values())
+        for name in got:
+            _in_order(got[name], ref)
+    assert len(shared_tasks) == 1, "fast handlers did not share one task"
+
+
+async def test_a_handler_that_suspends_does_not_hold_up_the_others(sim: SimExchange) -> None:
+    # A is proven fast and shared with B, then one of its calls waits until B has had 50
+    # more events. If the shared worker waited for A's call, B would get none: deadlock.
+    ws = make_client(sim)
+    ref = _reference(ws)
+    a_got: list[dict[str, Any]] = []
+    b_got: list[dict[str, Any]] = []
+    b_needed: list[int] = []
+    b_moved_on = asyncio.Event()
+
+    async def on_a(data: dict[str, Any]) -> None:
+        a_got.append(data)
+        if not b_needed and _slot(ws, on_a).shared and _slot(ws, on_b).shared:
+            b_needed.append(len(b_got) + 50)
+            await b_moved_on.wait()
+
+    async def on_b(data: dict[str, Any]) -> None:
+        b_got.append(data)
+        if b_needed and len(b_got) >= b_needed[0]:
+            b_moved_on.set()
+
+    ws.on_ticker("all", on_a)
+    ws.on_ticker("all", on_b)
+    async with running(ws):
+        await wait_for(lambda: b_moved_on.is_set(), what="B's events while A's call waits")
+        after = len(a_got)
+        await wait_for(lambda: len(a_got) > after + 100, what="A's events after its call")
+        a = _slot(ws, on_a)
+        assert a.suspends
+        assert not a.shared  # it has its own worker from now on
+        assert _slot(ws, on_b).shared
+        _in_order(a_got, ref)
+        _in_order(b_got, ref)
+        assert ws.stats.handler_errors == 0
+
+
+async def test_removing_a_handler_cancels_its_suspended_call_and_nothing_else(
+    sim: SimExchange,
+) -> None:
+    ws = make_client(sim)
+    states: list[str] = []
+    others: list[dict[str, Any]] = []
+
+    async def stuck(data: dict[str, Any]) -> None:
+        if not states and _slot(ws, stuck).shared:
+            states.append("waiting")
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                states.append("cancelled")
+                raise
+
+    async def other(data: dict[str, Any]) -> None:
+        others.append(data)
+
+    ws.on_ticker("all", stuck)
+    ws.on_ticker("all", other)
+    async with running(ws):
+        await wait_for(lambda: states == ["waiting"], what="the stuck call")
+        slot = _slot(ws, stuck)
+        await wait_for(lambda: slot.flight is not None, what="the stuck call left to its task")
+        assert ws.remove_handler(stuck) == 1
+        await wait_for(lambda: states == ["waiting", "cancelled"], what="the cancellation")
+        await wait_for(lambda: slot.flight is None, what="the call's task to end")
+        before = len(others)
+        await wait_for(lambda: len(others) > before + 200, what="the other handler's events")
+        state = ws.stats.state
+    assert state == "connected"
+    assert ws.stats.reconnects == 0
+    assert ws.stats.handler_errors == 0
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-worker", "shared-worker"])
+async def test_a_handlers_own_cancelled_error_is_reported_not_fatal(
+    sim: SimExchange, shared: bool
+) -> None:
+    # A handler that awaits a future cancelled elsewhere gets a CancelledError nobody
+    # meant for the worker. It is the handler's failure: reported, and the stream and
+    # the handler go on (a worker task ending "cancelled" would stop the whole client).
+    ws = make_client(sim)
+    raised: list[bool] = []
+    calls: list[int] = []
+
+    async def tick(data: dict[str, Any]) -> None:
+        calls.append(1)
+        if not raised and _slot(ws, tick).shared == shared:
+            raised.append(True)
+            doomed = asyncio.get_running_loop().create_future()
+            doomed.cancel()
+            await doomed
+
+    ws.on_ticker("all", tick)
+    async with running(ws):
+        await wait_for(lambda: raised, what="the CancelledError")
+        after = len(calls)
+        await wait_for(lambda: len(calls) > after + 100, what="events after it")
+        state = ws.stats.state
+        errors = ws.stats.handler_errors
+    assert state == "connected"
+    assert errors == 1
+    assert ws.stats.reconnects == 0
+
+
+async def test_a_shared_handler_that_turns_slow_gets_its_own_worker_back(
+    sim: SimExchange,
+) -> None:
+    ws = make_client(sim)
+    slow: list[bool] = []
+    calls: list[int] = []
+
+    async def tick(data: dict[str, Any]) -> None:
+        calls.append(1)
+        if slow:
+            end = time.perf_counter() + 100e-6  # busy, never suspends
+            while time.perf_counter() < end:
+                pass
+
+    ws.on_ticker("all", tick)
+    async with running(ws):
+        slot = _slot(ws, tick)
+        await wait_for(lambda: slot.shared, what="the handler proven fast")
+        slow.append(True)
+        await wait_for(lambda: not slot.shared, what="the handler back on its own worker")
+        assert not slot.suspends  # slow, not suspending: it may prove fast again
+        after = len(calls)
+        await wait_for(lambda: len(calls) > after + 50, what="events on its own worker")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-worker", "shared-worker"])
+async def test_an_async_handler_that_removes_itself_gets_no_more_events(shared: bool) -> None:
+    # Removed from inside its own call with more of its events queued: none of those
+    # may reach it (the firehose keeps its queue from being empty).
+    async with SimExchange(firehose=True) as sim:
+        ws = make_client(sim)
+        calls: list[int] = []
+        others: list[int] = []
+        left: list[int] = []
+
+        async def once_shared(data: dict[str, Any]) -> None:
+            calls.append(1)
+            slot = _slot(ws, once_shared)
+            if not left and slot.shared == shared and len(slot.queue) >= 2:
+                left.append(len(calls))
+                ws.remove_handler(once_shared)
+
+        async def other(data: dict[str, Any]) -> None:
+            others.append(1)
+
+        ws.on_ticker("all", once_shared)
+        ws.on_ticker("all", other)
+        async with running(ws):
+            await wait_for(lambda: left, what="the handler to remove itself")
+            before = len(others)
+            await wait_for(lambda: len(others) > before + 1000, what="the other's events")
+        assert len(calls) == left[0]  # none after the call that removed it
