@@ -370,12 +370,9 @@ class Slot:
         elapsed = time.monotonic() - started
         # Proven fast over at least _DIRECT_MIN_EVENTS events (over several drains when
         # events come one at a time): from now on called from the reader.
-        self.timed_events += n
-        self.timed_s += elapsed
-        if self.timed_events >= _DIRECT_MIN_EVENTS:
-            self.direct = self.timed_s < self.timed_events * _DIRECT_MAX_S
-            self.timed_events = 0
-            self.timed_s = 0.0
+        fast = self._timed(n, elapsed)
+        if fast is not None:
+            self.direct = fast
         if elapsed > _SLOW_HANDLER_S and not self.warned_slow:
             self.warned_slow = True
             log.warning(
@@ -421,22 +418,20 @@ class Slot:
                     except Exception as exc:
                         self._failed(exc, ev)
                     except asyncio.CancelledError as exc:
-                        if not _own_cancelled(exc):
-                            raise
-                        self._failed(exc, ev)
+                        self._failed_cancelled(exc, ev)
                 self.delivered += n
                 runner = self.runner
-                if runner is not None and not self.suspends:
+                if (
+                    runner is not None
+                    and not self.suspends
+                    and self._timed(n, time.monotonic() - started)
+                    and not q
+                    and not self.stopped
+                    and self.flight is None
+                ):
                     # Proven fast (no call suspended for long) over at least
                     # _DIRECT_MIN_EVENTS events: the shared worker calls it from now on.
-                    self.timed_events += n
-                    self.timed_s += time.monotonic() - started
-                    if self.timed_events >= _DIRECT_MIN_EVENTS:
-                        fast = self.timed_s < self.timed_events * _DIRECT_MAX_S
-                        self.timed_events = 0
-                        self.timed_s = 0.0
-                        if fast and not q and not self.stopped and self.flight is None:
-                            runner.adopt(self)
+                    runner.adopt(self)
                 # Let the reader and other workers run between batches. (asyncio.sleep(0),
                 # not anyio's checkpoint(): that looks up the event loop library on every
                 # call, 6 % of the time in the async blast profile. A cancel scope still
@@ -457,6 +452,35 @@ class Slot:
                 failures.append((exc, ev))
             self.delivered += 1
         return failures
+
+    def _timed(self, n: int, elapsed: float) -> bool | None:
+        """Add ``n`` calls that took ``elapsed`` s; the verdict once there are enough.
+
+        None until at least _DIRECT_MIN_EVENTS calls are counted (over several batches
+        when events come one at a time); then whether they averaged under
+        _DIRECT_MAX_S, and the count starts over.
+        """
+        self.timed_events += n
+        self.timed_s += elapsed
+        if self.timed_events < _DIRECT_MIN_EVENTS:
+            return None
+        fast = self.timed_s < self.timed_events * _DIRECT_MAX_S
+        self.timed_events = 0
+        self.timed_s = 0.0
+        return fast
+
+    def _failed_cancelled(self, exc: asyncio.CancelledError, event: Any) -> None:
+        """An async handler raised CancelledError: re-raise it if the worker is cancelled.
+
+        Otherwise it is the handler's own (it awaited a task or future cancelled
+        elsewhere), reported like any exception: it must not end the worker, since AnyIO
+        takes a child task that ends cancelled for no reason of its own as a reason to
+        cancel the whole client.
+        """
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise exc
+        self._failed(exc, event)
 
     def _failed(self, exc: BaseException, event: Any) -> None:
         if self.report is None:
@@ -619,9 +643,7 @@ class SharedWorker:
                         except Exception as exc:
                             slot._failed(exc, ev)
                         except asyncio.CancelledError as exc:
-                            if not _own_cancelled(exc):
-                                raise
-                            slot._failed(exc, ev)
+                            slot._failed_cancelled(exc, ev)
                         if not n & 15 and monotonic() > deadline:
                             break
                 except asyncio.CancelledError:
@@ -643,15 +665,9 @@ class SharedWorker:
                 self.serving = None
                 if slot.stopped:
                     continue  # removed from inside its own call
-                slot.timed_events += n
-                slot.timed_s += monotonic() - started
-                if slot.timed_events >= _DIRECT_MIN_EVENTS:
-                    fast = slot.timed_s < slot.timed_events * _DIRECT_MAX_S
-                    slot.timed_events = 0
-                    slot.timed_s = 0.0
-                    if not fast:
-                        self.release(slot)
-                        continue
+                if slot._timed(n, monotonic() - started) is False:
+                    self.release(slot)  # turned slow: its own worker until proven fast
+                    continue
                 if q:
                     ready.append(slot)  # its turn again after the other ready ones
                 else:
@@ -660,18 +676,6 @@ class SharedWorker:
                     break
             # Let the reader and other tasks run between slices.
             await asyncio.sleep(0)
-
-
-def _own_cancelled(exc: asyncio.CancelledError) -> bool:
-    """Whether a handler's CancelledError is its own, not a cancellation of the worker.
-
-    A handler that awaits a task or future cancelled elsewhere gets a CancelledError
-    although nobody cancelled the worker: that is the handler's failure, reported like
-    any other, and must not end the worker (anyio would take a child task that ends
-    cancelled for a reason to cancel the whole client).
-    """
-    task = asyncio.current_task()
-    return task is not None and not task.cancelling()
 
 
 class HookRunner:
