@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 import typing
 from collections import deque
@@ -387,8 +388,21 @@ class Slot:
         fn = self.fn
         assert fn is not None
         q = self.queue
+        try:
+            await self._work(fn, q)
+        except asyncio.CancelledError:
+            if not self.stopped or _cancelled_by_anyio():
+                raise
+            # Removed, and its cancel scope did not take its own cancellation back: on
+            # Python 3.11 a handler's asyncio.TaskGroup can leave the task with a cancel
+            # request pending for good (fixed in 3.12). Ending with CancelledError would
+            # make AnyIO cancel the whole client.
+
+    async def _work(self, fn: Callable[[Any], Any], q: deque[Any]) -> None:
         with anyio.CancelScope() as self.scope:
             while True:
+                if self.stopped:
+                    return  # removed (perhaps before this task started, with no scope yet)
                 if not q or self.shared or self.flight is not None:
                     self.wake.clear()
                     await self.wake.wait()
@@ -472,13 +486,15 @@ class Slot:
     def _failed_cancelled(self, exc: asyncio.CancelledError, event: Any) -> None:
         """An async handler raised CancelledError: re-raise it if the worker is cancelled.
 
-        Otherwise it is the handler's own (it awaited a task or future cancelled
+        The worker is cancelled when the handler was removed (its scope, or the task left
+        with a call of it, is cancelled) or the client is stopping (AnyIO's scopes). Any
+        other CancelledError is the handler's own (it awaited a task or future cancelled
         elsewhere), reported like any exception: it must not end the worker, since AnyIO
         takes a child task that ends cancelled for no reason of its own as a reason to
-        cancel the whole client.
+        cancel the whole client. (Not ``Task.cancelling()``: on Python 3.11 a handler's
+        asyncio.TaskGroup can leave it above zero for good.)
         """
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
+        if self.stopped or _cancelled_by_anyio():
             raise exc
         self._failed(exc, event)
 
@@ -593,6 +609,8 @@ class SharedWorker:
         for slot in list(self.members):
             self.release(slot)
         self.ready.clear()
+        self.serving = None
+        self.generation += 1
 
     def _check(self, generation: int) -> None:
         """A loop callback, once per slice: is the task suspended inside a handler call?
@@ -604,10 +622,15 @@ class SharedWorker:
         if slot is None or generation != self.generation:
             return
         self.generation += 1  # the old task finishes this call; a new one takes over
-        slot.flight = self.task
+        flight = self.task
+        slot.flight = flight
         self.serving = None
         self.task = None
         self.start_soon(self.run)
+        if slot.stopped and flight is not None:
+            # It removed itself in this very call, then awaited: cancelled, as in its
+            # own worker.
+            flight.cancel()
 
     async def run(self) -> None:
         """Drain the ready queues (until this task is left with a call that suspended)."""
@@ -626,8 +649,8 @@ class SharedWorker:
             deadline = monotonic() + _SLICE_S
             while ready:
                 slot = ready.popleft()
-                if not slot.shared:
-                    continue  # released (or removed) since it was scheduled
+                if not _deliverable(slot):
+                    continue  # released or removed since it was scheduled
                 self.serving = slot
                 fn = slot.fn
                 assert fn is not None
@@ -635,7 +658,7 @@ class SharedWorker:
                 n = 0
                 started = monotonic()
                 try:
-                    while q and slot.shared:
+                    while q and slot.shared and not slot.stopped:
                         ev = q.popleft()
                         n += 1
                         try:
@@ -653,6 +676,7 @@ class SharedWorker:
                     # (Slot.cancel): the call is cancelled, as in its own worker.
                     task.uncancel()  # type: ignore[union-attr]
                     slot.flight = None
+                    slot.delivered += n - 1  # all but the cancelled call
                     return
                 slot.delivered += n
                 if generation != self.generation:
@@ -676,6 +700,16 @@ class SharedWorker:
                     break
             # Let the reader and other tasks run between slices.
             await asyncio.sleep(0)
+
+
+def _deliverable(slot: Slot) -> bool:
+    """Still drained by the shared worker: neither released nor removed."""
+    return slot.shared and not slot.stopped
+
+
+def _cancelled_by_anyio() -> bool:
+    """Whether a cancel scope around the current task (the client's, a worker's) is cancelled."""
+    return anyio.current_effective_deadline() == -math.inf
 
 
 class HookRunner:

@@ -5,6 +5,8 @@ itself, removal cancels), against the real simulated exchange."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -199,12 +201,14 @@ async def test_a_shared_handler_that_turns_slow_gets_its_own_worker_back(
 @pytest.mark.parametrize("shared", [False, True], ids=["own-worker", "shared-worker"])
 async def test_an_async_handler_that_removes_itself_gets_no_more_events(shared: bool) -> None:
     # Removed from inside its own call with more of its events queued: none of those
-    # may reach it (the firehose keeps its queue from being empty).
+    # may reach it (the firehose keeps its queue from being empty), and an await after
+    # the removal is cancelled, on its own worker as on the shared one.
     async with SimExchange(firehose=True) as sim:
         ws = make_client(sim)
         calls: list[int] = []
         others: list[int] = []
         left: list[int] = []
+        after_removal: list[str] = []
 
         async def once_shared(data: dict[str, Any]) -> None:
             calls.append(1)
@@ -212,6 +216,12 @@ async def test_an_async_handler_that_removes_itself_gets_no_more_events(shared: 
             if not left and slot.shared == shared and len(slot.queue) >= 2:
                 left.append(len(calls))
                 ws.remove_handler(once_shared)
+                try:
+                    await asyncio.sleep(0.01)
+                    after_removal.append("went on")
+                except asyncio.CancelledError:
+                    after_removal.append("cancelled")
+                    raise
 
         async def other(data: dict[str, Any]) -> None:
             others.append(1)
@@ -220,6 +230,146 @@ async def test_an_async_handler_that_removes_itself_gets_no_more_events(shared: 
         ws.on_ticker("all", other)
         async with running(ws):
             await wait_for(lambda: left, what="the handler to remove itself")
+            await wait_for(lambda: after_removal, what="the await after the removal to end")
             before = len(others)
             await wait_for(lambda: len(others) > before + 1000, what="the other's events")
+            state = ws.stats.state
         assert len(calls) == left[0]  # none after the call that removed it
+        assert after_removal == ["cancelled"]
+        assert state == "connected"
+        assert ws.stats.handler_errors == 0
+
+
+@pytest.mark.parametrize("where", ["thread", "reader"])
+async def test_a_shared_handler_removed_elsewhere_gets_none_of_its_queued_events(
+    where: str,
+) -> None:
+    # remove_handler() from another thread, or from a sync handler the reader calls
+    # (the worker change waits for the end of the batch): once it has returned, the
+    # shared worker must not call the handler again, although its queue still holds
+    # events until the change is applied.
+    async with SimExchange(firehose=True) as sim:
+        ws = make_client(sim)
+        removed: list[bool] = []
+        late: list[int] = []
+
+        async def x(data: dict[str, Any]) -> None:
+            if removed:
+                late.append(1)
+
+        def remover(data: dict[str, Any]) -> None:
+            slot = next((s for s in ws._slots["ticker:all"] if s.fn is x), None)
+            if (
+                where == "reader"
+                and not removed
+                and slot is not None
+                and slot.shared
+                and ws._router.feeding
+                and slot.queue
+            ):
+                ws.remove_handler(x)
+                removed.append(True)
+
+        ws.on_ticker("all", x)
+        ws.on_ticker("all", remover)
+        async with running(ws):
+            if where == "thread":
+                slot = _slot(ws, x)
+                await wait_for(lambda: slot.shared, what="x proven fast")
+
+                def remove_with_events_queued() -> None:
+                    while not slot.queue:
+                        pass
+                    ws.remove_handler(x)
+                    removed.append(True)
+
+                thread = threading.Thread(target=remove_with_events_queued)
+                thread.start()
+                await wait_for(lambda: removed, what="the removal")
+                thread.join()
+            else:
+                await wait_for(lambda: removed, timeout=10, what="the removal")
+            await asyncio.sleep(0.2)
+        assert late == [], f"{len(late)} events delivered after remove_handler() returned"
+
+
+async def test_handlers_added_and_removed_at_once_leave_no_task_behind() -> None:
+    # Removed before its worker task took its first step, a handler's worker has no
+    # cancel scope yet to be cancelled through: it must still end (not wait forever,
+    # nor spin on the events queued for it).
+    async with SimExchange(firehose=True) as sim:
+        ws = make_client(sim)
+        ws.on_ticker("all", lambda data: None)
+
+        def add_and_remove() -> None:
+            for i in range(1000):
+
+                async def handler(data: dict[str, Any]) -> None:
+                    pass
+
+                ws.on_ticker("all", handler)
+                if i % 2:
+                    time.sleep(0.0002)
+                ws.remove_handler(handler)
+
+        async with running(ws):
+            await asyncio.sleep(0.2)
+            baseline = len(asyncio.all_tasks())
+            thread = threading.Thread(target=add_and_remove)
+            thread.start()
+            while thread.is_alive():
+                await asyncio.sleep(0.01)
+            await wait_for(
+                lambda: len(asyncio.all_tasks()) <= baseline,
+                what=f"no task left ({len(asyncio.all_tasks())} against {baseline} before)",
+            )
+            state = ws.stats.state
+        assert state == "connected"
+
+
+@pytest.mark.parametrize("then", ["own CancelledError", "removal"])
+async def test_a_task_group_in_a_handler_cannot_stop_the_client(then: str) -> None:
+    # On Python 3.11, an asyncio.TaskGroup whose child fails after the body finished
+    # leaves the task with a cancel request pending for good (fixed in 3.12). The
+    # handler's own CancelledError must still be told from a cancellation, and its
+    # removal must not end its worker "cancelled" (AnyIO would then stop the client).
+    async with SimExchange(tick_rate=2000) as sim:
+        ws = make_client(sim)
+        calls: list[int] = []
+        steps: list[str] = []
+        others: list[int] = []
+
+        async def fail_later() -> None:
+            await asyncio.sleep(0.001)
+            raise ValueError("child failed")
+
+        async def tick(data: dict[str, Any]) -> None:
+            calls.append(1)
+            if not steps:
+                steps.append("task group")
+                with contextlib.suppress(ExceptionGroup):
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(fail_later())
+            elif then == "own CancelledError" and len(calls) > 50 and len(steps) == 1:
+                steps.append("cancelled future")
+                doomed = asyncio.get_running_loop().create_future()
+                doomed.cancel()
+                await doomed
+
+        async def other(data: dict[str, Any]) -> None:
+            others.append(1)
+
+        ws.on_ticker("all", tick)
+        ws.on_ticker("all", other)
+        async with running(ws):
+            await wait_for(lambda: len(calls) > 20, what="calls after the task group")
+            if then == "removal":
+                ws.remove_handler(tick)
+            else:
+                await wait_for(lambda: len(steps) == 2, what="the cancelled future")
+            await asyncio.sleep(0.3)
+            before = len(others)
+            await wait_for(lambda: len(others) > before + 100, what="events afterwards")
+            state = ws.stats.state
+        assert state == "connected"
+        assert ws.stats.handler_errors == (1 if then == "own CancelledError" else 0)
