@@ -519,16 +519,18 @@ class Slot:
         self.stopped = True
         self.direct = False
         runner = self.runner
+        handed_over = False
         if self.shared and runner is not None:
             if runner.serving is self and runner.task is not asyncio.current_task():
                 # The shared worker's task is suspended in a call of this handler: leave
-                # that task to it (and to the cancellation below), go on with a new one.
+                # that task to it (_check cancels that call), go on with a new one.
                 runner._check(runner.generation)
+                handed_over = True
             runner.release(self)
         if self.scope is not None:
             self.scope.cancel()
         flight = self.flight
-        if flight is not None and flight is not asyncio.current_task():
+        if flight is not None and not handed_over and flight is not asyncio.current_task():
             flight.cancel()
 
     def start(

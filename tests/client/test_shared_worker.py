@@ -120,6 +120,8 @@ async def test_removing_a_handler_cancels_its_suspended_call_and_nothing_else(
                 await asyncio.Event().wait()  # never set
             except asyncio.CancelledError:
                 states.append("cancelled")
+                await asyncio.sleep(0.005)  # clean-up that awaits: cancelled only once
+                states.append("cleaned up")
                 raise
 
     async def other(data: dict[str, Any]) -> None:
@@ -132,7 +134,9 @@ async def test_removing_a_handler_cancels_its_suspended_call_and_nothing_else(
         slot = _slot(ws, stuck)
         await wait_for(lambda: slot.flight is not None, what="the stuck call left to its task")
         assert ws.remove_handler(stuck) == 1
-        await wait_for(lambda: states == ["waiting", "cancelled"], what="the cancellation")
+        await wait_for(
+            lambda: states == ["waiting", "cancelled", "cleaned up"], what="the cancellation"
+        )
         await wait_for(lambda: slot.flight is None, what="the call's task to end")
         before = len(others)
         await wait_for(lambda: len(others) > before + 200, what="the other handler's events")
