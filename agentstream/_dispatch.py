@@ -243,9 +243,10 @@ class Slot:
         #: Seen to suspend (await something real) when called by the shared worker: it
         #: keeps its own worker from then on.
         self.suspends = False
-        #: The shared worker's task left to finish a call of this handler that suspended;
-        #: until it ends, the handler's own worker leaves its queue alone.
-        self.flight: asyncio.Task[Any] | None = None
+        #: The cancel scope of the shared worker's task left to finish a call of this
+        #: handler that suspended; until it ends, the handler's own worker leaves its
+        #: queue alone. Cancelled when the handler is removed.
+        self.flight: anyio.CancelScope | None = None
         self.push: Callable[[Any], None] = self._push_drain if self.inline else self._push_wake
 
     def bind_loop(self) -> None:
@@ -452,17 +453,19 @@ class Slot:
                 # cancels a task that yields like this.)
                 await asyncio.sleep(0)
 
-    def _run_batch(self, batch: list[Any]) -> list[tuple[Exception, Any]]:
+    def _run_batch(self, batch: list[Any]) -> list[tuple[BaseException, Any]]:
         """In a worker thread: call the handler for each event; return the failures."""
         fn = self.fn
         assert fn is not None
-        failures: list[tuple[Exception, Any]] = []
+        failures: list[tuple[BaseException, Any]] = []
         for ev in batch:
             if self.stopped:
                 break
             try:
                 fn(ev)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                # A CancelledError in a worker thread is the handler's own (a coroutine it
+                # ran with anyio.from_thread.run() was cancelled): nothing cancels a thread.
                 failures.append((exc, ev))
             self.delivered += 1
         return failures
@@ -486,15 +489,16 @@ class Slot:
     def _failed_cancelled(self, exc: asyncio.CancelledError, event: Any) -> None:
         """An async handler raised CancelledError: re-raise it if the worker is cancelled.
 
-        The worker is cancelled when the handler was removed (its scope, or the task left
-        with a call of it, is cancelled) or the client is stopping (AnyIO's scopes). Any
-        other CancelledError is the handler's own (it awaited a task or future cancelled
-        elsewhere), reported like any exception: it must not end the worker, since AnyIO
-        takes a child task that ends cancelled for no reason of its own as a reason to
-        cancel the whole client. (Not ``Task.cancelling()``: on Python 3.11 a handler's
-        asyncio.TaskGroup can leave it above zero for good.)
+        Workers are cancelled only through AnyIO cancel scopes: the client's when it
+        stops, the worker's own (or the shared worker's slice scope, ``Slot.flight``)
+        when the handler is removed. Any other CancelledError is the handler's own (it
+        awaited a task or future cancelled elsewhere), reported like any exception: it
+        must not end the worker, since AnyIO takes a child task that ends cancelled for
+        no reason of its own as a reason to cancel the whole client. (Not
+        ``Task.cancelling()``: on Python 3.11 a handler's asyncio.TaskGroup can leave it
+        above zero for good.)
         """
-        if self.stopped or _cancelled_by_anyio():
+        if _cancelled_by_anyio():
             raise exc
         self._failed(exc, event)
 
@@ -519,19 +523,18 @@ class Slot:
         self.stopped = True
         self.direct = False
         runner = self.runner
-        handed_over = False
         if self.shared and runner is not None:
             if runner.serving is self and runner.task is not asyncio.current_task():
                 # The shared worker's task is suspended in a call of this handler: leave
-                # that task to it (_check cancels that call), go on with a new one.
+                # that task to it (and to the cancellation below), go on with a new one.
                 runner._check(runner.generation)
-                handed_over = True
             runner.release(self)
+        # Cancel scopes: AnyIO shields inside the handler hold, and from inside the
+        # handler's own call the cancellation comes at its next await.
         if self.scope is not None:
             self.scope.cancel()
-        flight = self.flight
-        if flight is not None and not handed_over and flight is not asyncio.current_task():
-            flight.cancel()
+        if self.flight is not None:
+            self.flight.cancel()
 
     def start(
         self,
@@ -591,6 +594,8 @@ class SharedWorker:
         self.task: asyncio.Task[Any] | None = None
         #: The slot whose queue the task is draining, None between queues.
         self.serving: Slot | None = None
+        #: The running task's cancel scope for its current slice (see run()).
+        self.scope: anyio.CancelScope | None = None
 
     def adopt(self, slot: Slot) -> None:
         """From the slot's own worker, with its queue empty: drained here from now on."""
@@ -624,7 +629,7 @@ class SharedWorker:
         if slot is None or generation != self.generation:
             return
         self.generation += 1  # the old task finishes this call; a new one takes over
-        flight = self.task
+        flight = self.scope
         slot.flight = flight
         self.serving = None
         self.task = None
@@ -637,8 +642,7 @@ class SharedWorker:
     async def run(self) -> None:
         """Drain the ready queues (until this task is left with a call that suspended)."""
         generation = self.generation
-        task = asyncio.current_task()
-        self.task = task
+        self.task = asyncio.current_task()
         ready = self.ready
         loop = asyncio.get_running_loop()
         monotonic = time.monotonic
@@ -648,58 +652,70 @@ class SharedWorker:
                 await self.wake.wait()
                 continue
             loop.call_soon(self._check, generation)
-            deadline = monotonic() + _SLICE_S
-            while ready:
-                slot = ready.popleft()
-                if not _deliverable(slot):
-                    continue  # released or removed since it was scheduled
-                self.serving = slot
-                fn = slot.fn
-                assert fn is not None
-                q = slot.queue
-                n = 0
-                started = monotonic()
-                try:
-                    while q and slot.shared and not slot.stopped:
-                        ev = q.popleft()
-                        n += 1
-                        try:
-                            await fn(ev)
-                        except Exception as exc:
-                            slot._failed(exc, ev)
-                        except asyncio.CancelledError as exc:
-                            slot._failed_cancelled(exc, ev)
-                        if not n & 15 and monotonic() > deadline:
+            slot: Slot | None = None
+            n = 0
+            try:
+                # A cancel scope per slice: if this task is left with a call that
+                # suspended (see _check), removing that handler cancels the call through
+                # it (Slot.flight), as through its own worker's scope.
+                with anyio.CancelScope() as scope:
+                    self.scope = scope
+                    deadline = monotonic() + _SLICE_S
+                    while ready:
+                        slot = ready.popleft()
+                        if not _deliverable(slot):
+                            continue  # released or removed since it was scheduled
+                        self.serving = slot
+                        fn = slot.fn
+                        assert fn is not None
+                        q = slot.queue
+                        n = 0
+                        started = monotonic()
+                        while q and slot.shared and not slot.stopped:
+                            ev = q.popleft()
+                            n += 1
+                            try:
+                                await fn(ev)
+                            except Exception as exc:
+                                slot._failed(exc, ev)
+                            except asyncio.CancelledError as exc:
+                                slot._failed_cancelled(exc, ev)
+                            if not n & 15 and monotonic() > deadline:
+                                break
+                        slot.delivered += n
+                        if generation != self.generation:
+                            break  # this task was left with a call of this handler
+                        self.serving = None
+                        if slot.stopped:
+                            continue  # removed from inside its own call
+                        if slot._timed(n, monotonic() - started) is False:
+                            self.release(slot)  # turned slow: own worker until proven fast
+                            continue
+                        if q:
+                            ready.append(slot)  # its turn again after the other ready ones
+                        else:
+                            slot.scheduled = False
+                        if monotonic() > deadline:
                             break
-                except asyncio.CancelledError:
-                    if slot.flight is not task or not slot.stopped:
-                        raise
-                    # The handler was removed while this task finished its call
-                    # (Slot.cancel): the call is cancelled, as in its own worker.
-                    task.uncancel()  # type: ignore[union-attr]
-                    slot.flight = None
+                cancelled = scope.cancelled_caught
+            except asyncio.CancelledError:
+                if generation == self.generation or _cancelled_by_anyio():
+                    raise
+                # The handler's removal cancelled this task's scope, and the scope did not
+                # take the cancellation back (a pending cancel request left by a handler's
+                # asyncio.TaskGroup on Python 3.11, see Slot.run).
+                cancelled = True
+            if generation != self.generation:
+                # This task was left with a call of ``slot`` that suspended, and has
+                # finished it (or the handler was removed and the call cancelled). That
+                # handler goes back to its own worker for good.
+                assert slot is not None
+                if cancelled:
                     slot.delivered += n - 1  # all but the cancelled call
-                    return
-                slot.delivered += n
-                if generation != self.generation:
-                    # A call suspended and a new task took the ready list over: this
-                    # handler goes back to its own worker for good.
-                    slot.suspends = True
-                    slot.flight = None
-                    self.release(slot)
-                    return
-                self.serving = None
-                if slot.stopped:
-                    continue  # removed from inside its own call
-                if slot._timed(n, monotonic() - started) is False:
-                    self.release(slot)  # turned slow: its own worker until proven fast
-                    continue
-                if q:
-                    ready.append(slot)  # its turn again after the other ready ones
-                else:
-                    slot.scheduled = False
-                if monotonic() > deadline:
-                    break
+                slot.suspends = True
+                slot.flight = None
+                self.release(slot)
+                return
             # Let the reader and other tasks run between slices.
             await asyncio.sleep(0)
 

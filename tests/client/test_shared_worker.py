@@ -10,6 +10,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.from_thread
 import pytest
 
 from agentstream.sim import SimExchange
@@ -120,7 +122,8 @@ async def test_removing_a_handler_cancels_its_suspended_call_and_nothing_else(
                 await asyncio.Event().wait()  # never set
             except asyncio.CancelledError:
                 states.append("cancelled")
-                await asyncio.sleep(0.005)  # clean-up that awaits: cancelled only once
+                with anyio.CancelScope(shield=True):  # a clean-up that must not be cut short
+                    await asyncio.sleep(0.005)
                 states.append("cleaned up")
                 raise
 
@@ -377,3 +380,125 @@ async def test_a_task_group_in_a_handler_cannot_stop_the_client(then: str) -> No
             state = ws.stats.state
         assert state == "connected"
         assert ws.stats.handler_errors == (1 if then == "own CancelledError" else 0)
+
+
+async def test_a_handler_removed_by_itself_raising_its_own_cancelled_error_is_reported(
+    sim: SimExchange,
+) -> None:
+    # Removed from inside its call on the shared task, then a CancelledError of its own
+    # (a task cancelled elsewhere), without suspending: a handler failure, not a
+    # cancellation of the shared task (that would stop the whole client).
+    ws = make_client(sim)
+    done: list[bool] = []
+    others: list[int] = []
+    dead: list[asyncio.Task[Any]] = []
+
+    async def tick(data: dict[str, Any]) -> None:
+        if not done and _slot(ws, tick).shared:
+            done.append(True)
+            ws.remove_handler(tick)
+            await dead[0]
+
+    async def other(data: dict[str, Any]) -> None:
+        others.append(1)
+
+    ws.on_ticker("all", tick)
+    ws.on_ticker("all", other)
+    async with running(ws):
+        dead.append(asyncio.get_running_loop().create_task(asyncio.sleep(10)))
+        await asyncio.sleep(0)
+        dead[0].cancel()
+        await wait_for(lambda: done, what="the removal")
+        before = len(others)
+        await wait_for(lambda: len(others) > before + 200, what="events afterwards")
+        state = ws.stats.state
+    assert state == "connected"
+    assert ws.stats.handler_errors == 1
+
+
+async def test_a_thread_handlers_own_cancelled_error_is_reported(sim: SimExchange) -> None:
+    # A blocking handler runs a coroutine with anyio.from_thread.run(); that coroutine
+    # ends with a CancelledError of its own. Nothing cancels a thread: it is reported,
+    # and the handler goes on getting events.
+    ws = make_client(sim)
+    calls: list[int] = []
+    dead: list[asyncio.Task[Any]] = []
+
+    async def lookup() -> None:
+        await dead[0]
+
+    def tick(data: dict[str, Any]) -> None:
+        calls.append(1)
+        if len(calls) == 20:
+            anyio.from_thread.run(lookup)
+
+    ws.on_ticker("all", tick, thread=True)
+    async with running(ws):
+        dead.append(asyncio.get_running_loop().create_task(asyncio.sleep(10)))
+        await asyncio.sleep(0)
+        dead[0].cancel()
+        await wait_for(lambda: len(calls) > 200, what="events after the CancelledError")
+        state = ws.stats.state
+    assert state == "connected"
+    assert ws.stats.handler_errors == 1
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-worker", "shared-worker"])
+async def test_removal_honours_a_shield_in_a_suspended_call(shared: bool) -> None:
+    # Removing a handler cancels its call in flight through a cancel scope, so a shielded
+    # section (placing an order, say) completes, on the shared worker as on its own.
+    async with SimExchange(tick_rate=2000) as sim:
+        ws = make_client(sim)
+        steps: list[str] = []
+
+        async def tick(data: dict[str, Any]) -> None:
+            if steps or _slot(ws, tick).shared != shared:
+                if not shared:  # keep it too slow to be shared
+                    end = time.perf_counter() + 40e-6
+                    while time.perf_counter() < end:
+                        pass
+                return
+            steps.append("shielded")
+            with anyio.CancelScope(shield=True):
+                await asyncio.sleep(0.1)
+                steps.append("completed")
+            await asyncio.sleep(0.2)  # not shielded: cancelled
+            steps.append("not cancelled")
+
+        ws.on_ticker("all", tick)
+        async with running(ws):
+            await wait_for(lambda: steps, timeout=10, what="the shielded section")
+            ws.remove_handler(tick)
+            await asyncio.sleep(0.5)
+            state = ws.stats.state
+        assert steps == ["shielded", "completed"]
+        assert state == "connected"
+
+
+async def test_a_handler_removing_itself_after_its_call_suspended_is_cancelled_at_its_next_await(
+    sim: SimExchange,
+) -> None:
+    # Its call suspended on the shared task, which was left to finish it; then it
+    # removes itself: its next await is cancelled, as on its own worker.
+    ws = make_client(sim)
+    steps: list[str] = []
+
+    async def tick(data: dict[str, Any]) -> None:
+        if steps or not _slot(ws, tick).shared:
+            return
+        steps.append("suspending")
+        await asyncio.sleep(0.01)  # the shared task is left with this call
+        ws.remove_handler(tick)
+        try:
+            await asyncio.sleep(1)
+            steps.append("not cancelled")
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+
+    ws.on_ticker("all", tick)
+    async with running(ws):
+        await wait_for(lambda: len(steps) == 2, what="the await after the removal")
+        state = ws.stats.state
+    assert steps == ["suspending", "cancelled"]
+    assert state == "connected"
