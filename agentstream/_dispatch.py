@@ -594,7 +594,7 @@ class SharedWorker:
         self.task: asyncio.Task[Any] | None = None
         #: The slot whose queue the task is draining, None between queues.
         self.serving: Slot | None = None
-        #: The running task's cancel scope for its current slice (see run()).
+        #: The cancel scope of the task serving now (see run()).
         self.scope: anyio.CancelScope | None = None
 
     def adopt(self, slot: Slot) -> None:
@@ -643,6 +643,35 @@ class SharedWorker:
         """Drain the ready queues (until this task is left with a call that suspended)."""
         generation = self.generation
         self.task = asyncio.current_task()
+        at = _Serving()
+        try:
+            # One cancel scope for the task's life: if the task is left with a call that
+            # suspended (see _check), removing that handler cancels the call through it
+            # (Slot.flight), as through its own worker's scope.
+            with anyio.CancelScope() as scope:
+                self.scope = scope
+                await self._serve(generation, at)
+            cancelled = scope.cancelled_caught
+        except asyncio.CancelledError:
+            if generation == self.generation or _cancelled_by_anyio():
+                raise
+            # The handler's removal cancelled this task's scope, and the scope did not
+            # take the cancellation back (a pending cancel request left by a handler's
+            # asyncio.TaskGroup on Python 3.11, see Slot.run).
+            cancelled = True
+        # This task was left with a call of ``at.slot`` that suspended, and has finished
+        # it (or the handler was removed and the call cancelled). That handler goes back
+        # to its own worker for good.
+        slot = at.slot
+        assert slot is not None
+        if cancelled:
+            slot.delivered += at.calls - 1  # all but the cancelled call
+        slot.suspends = True
+        slot.flight = None
+        self.release(slot)
+
+    async def _serve(self, generation: int, at: _Serving) -> None:
+        """Drain ready queues in slices of about 1 ms until this task is left with a call."""
         ready = self.ready
         loop = asyncio.get_running_loop()
         monotonic = time.monotonic
@@ -652,72 +681,56 @@ class SharedWorker:
                 await self.wake.wait()
                 continue
             loop.call_soon(self._check, generation)
-            slot: Slot | None = None
-            n = 0
-            try:
-                # A cancel scope per slice: if this task is left with a call that
-                # suspended (see _check), removing that handler cancels the call through
-                # it (Slot.flight), as through its own worker's scope.
-                with anyio.CancelScope() as scope:
-                    self.scope = scope
-                    deadline = monotonic() + _SLICE_S
-                    while ready:
-                        slot = ready.popleft()
-                        if not _deliverable(slot):
-                            continue  # released or removed since it was scheduled
-                        self.serving = slot
-                        fn = slot.fn
-                        assert fn is not None
-                        q = slot.queue
-                        n = 0
-                        started = monotonic()
-                        while q and slot.shared and not slot.stopped:
-                            ev = q.popleft()
-                            n += 1
-                            try:
-                                await fn(ev)
-                            except Exception as exc:
-                                slot._failed(exc, ev)
-                            except asyncio.CancelledError as exc:
-                                slot._failed_cancelled(exc, ev)
-                            if not n & 15 and monotonic() > deadline:
-                                break
-                        slot.delivered += n
-                        if generation != self.generation:
-                            break  # this task was left with a call of this handler
-                        self.serving = None
-                        if slot.stopped:
-                            continue  # removed from inside its own call
-                        if slot._timed(n, monotonic() - started) is False:
-                            self.release(slot)  # turned slow: own worker until proven fast
-                            continue
-                        if q:
-                            ready.append(slot)  # its turn again after the other ready ones
-                        else:
-                            slot.scheduled = False
-                        if monotonic() > deadline:
-                            break
-                cancelled = scope.cancelled_caught
-            except asyncio.CancelledError:
-                if generation == self.generation or _cancelled_by_anyio():
-                    raise
-                # The handler's removal cancelled this task's scope, and the scope did not
-                # take the cancellation back (a pending cancel request left by a handler's
-                # asyncio.TaskGroup on Python 3.11, see Slot.run).
-                cancelled = True
-            if generation != self.generation:
-                # This task was left with a call of ``slot`` that suspended, and has
-                # finished it (or the handler was removed and the call cancelled). That
-                # handler goes back to its own worker for good.
-                assert slot is not None
-                if cancelled:
-                    slot.delivered += n - 1  # all but the cancelled call
-                slot.suspends = True
-                slot.flight = None
-                self.release(slot)
-                return
+            deadline = monotonic() + _SLICE_S
+            while ready:
+                slot = ready.popleft()
+                if not _deliverable(slot):
+                    continue  # released or removed since it was scheduled
+                self.serving = at.slot = slot
+                fn = slot.fn
+                assert fn is not None
+                q = slot.queue
+                n = 0
+                started = monotonic()
+                while q and slot.shared and not slot.stopped:
+                    ev = q.popleft()
+                    n += 1
+                    try:
+                        await fn(ev)
+                    except Exception as exc:
+                        slot._failed(exc, ev)
+                    except asyncio.CancelledError as exc:
+                        at.calls = n  # for run(), if this cancels a call left to this task
+                        slot._failed_cancelled(exc, ev)
+                    if not n & 15 and monotonic() > deadline:
+                        break
+                slot.delivered += n
+                if generation != self.generation:
+                    return  # this task was left with a call of this handler: see run()
+                self.serving = None
+                if slot.stopped:
+                    continue  # removed from inside its own call
+                if slot._timed(n, monotonic() - started) is False:
+                    self.release(slot)  # turned slow: own worker until proven fast
+                    continue
+                if q:
+                    ready.append(slot)  # its turn again after the other ready ones
+                else:
+                    slot.scheduled = False
+                if monotonic() > deadline:
+                    break
             # Let the reader and other tasks run between slices.
             await asyncio.sleep(0)
+
+
+class _Serving:
+    """Where a shared worker task is: the handler it serves, the calls of a cancelled drain."""
+
+    __slots__ = ("calls", "slot")
+
+    def __init__(self) -> None:
+        self.slot: Slot | None = None
+        self.calls = 0
 
 
 def _deliverable(slot: Slot) -> bool:
