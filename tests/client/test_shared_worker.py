@@ -34,6 +34,21 @@ def _reference(ws: AgentExchangeWS) -> list[dict[str, Any]]:
     return seen
 
 
+def _busy(seconds: float) -> None:
+    """Keep the CPU busy (a handler that is slow without suspending)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def _cancelled_task() -> asyncio.Task[Any]:
+    """A task cancelled elsewhere: awaiting it raises a CancelledError of the awaiter's own."""
+    task = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+    await asyncio.sleep(0)
+    task.cancel()
+    return task
+
+
 def _in_order(got: list[dict[str, Any]], ref: list[dict[str, Any]]) -> None:
     """``got`` is ``ref``'s first events, the very same objects, none missing or extra."""
     assert len(got) > 0
@@ -190,9 +205,7 @@ async def test_a_shared_handler_that_turns_slow_gets_its_own_worker_back(
     async def tick(data: dict[str, Any]) -> None:
         calls.append(1)
         if slow:
-            end = time.perf_counter() + 100e-6  # busy, never suspends
-            while time.perf_counter() < end:
-                pass
+            _busy(100e-6)  # never suspends
 
     ws.on_ticker("all", tick)
     async with running(ws):
@@ -309,7 +322,7 @@ async def test_handlers_added_and_removed_at_once_leave_no_task_behind() -> None
         ws.on_ticker("all", lambda data: None)
 
         def add_and_remove() -> None:
-            for i in range(1000):
+            for i in range(300):
 
                 async def handler(data: dict[str, Any]) -> None:
                     pass
@@ -405,9 +418,7 @@ async def test_a_handler_removed_by_itself_raising_its_own_cancelled_error_is_re
     ws.on_ticker("all", tick)
     ws.on_ticker("all", other)
     async with running(ws):
-        dead.append(asyncio.get_running_loop().create_task(asyncio.sleep(10)))
-        await asyncio.sleep(0)
-        dead[0].cancel()
+        dead.append(await _cancelled_task())
         await wait_for(lambda: done, what="the removal")
         before = len(others)
         await wait_for(lambda: len(others) > before + 200, what="events afterwards")
@@ -434,9 +445,7 @@ async def test_a_thread_handlers_own_cancelled_error_is_reported(sim: SimExchang
 
     ws.on_ticker("all", tick, thread=True)
     async with running(ws):
-        dead.append(asyncio.get_running_loop().create_task(asyncio.sleep(10)))
-        await asyncio.sleep(0)
-        dead[0].cancel()
+        dead.append(await _cancelled_task())
         await wait_for(lambda: len(calls) > 200, what="events after the CancelledError")
         state = ws.stats.state
     assert state == "connected"
@@ -454,9 +463,7 @@ async def test_removal_honours_a_shield_in_a_suspended_call(shared: bool) -> Non
         async def tick(data: dict[str, Any]) -> None:
             if steps or _slot(ws, tick).shared != shared:
                 if not shared:  # keep it too slow to be shared
-                    end = time.perf_counter() + 40e-6
-                    while time.perf_counter() < end:
-                        pass
+                    _busy(40e-6)
                 return
             steps.append("shielded")
             with anyio.CancelScope(shield=True):
