@@ -490,13 +490,13 @@ class Slot:
         """An async handler raised CancelledError: re-raise it if the worker is cancelled.
 
         Workers are cancelled only through AnyIO cancel scopes: the client's when it
-        stops, the worker's own (or the shared worker's slice scope, ``Slot.flight``)
-        when the handler is removed. Any other CancelledError is the handler's own (it
-        awaited a task or future cancelled elsewhere), reported like any exception: it
-        must not end the worker, since AnyIO takes a child task that ends cancelled for
-        no reason of its own as a reason to cancel the whole client. (Not
-        ``Task.cancelling()``: on Python 3.11 a handler's asyncio.TaskGroup can leave it
-        above zero for good.)
+        stops, the worker's own (or that of the shared worker's task left with a call,
+        ``Slot.flight``) when the handler is removed. Any other CancelledError is the
+        handler's own (it awaited a task or future cancelled elsewhere), reported like
+        any exception: it must not end the worker, since AnyIO takes a child task that
+        ends cancelled for no reason of its own as a reason to cancel the whole client.
+        (Not ``Task.cancelling()``: on Python 3.11 a handler's asyncio.TaskGroup can
+        leave it above zero for good.)
         """
         if _cancelled_by_anyio():
             raise exc
@@ -604,7 +604,8 @@ class SharedWorker:
         self.members.add(slot)
 
     def release(self, slot: Slot) -> None:
-        """Back to its own worker (never while a call of it runs in this worker's task)."""
+        """Back to its own worker: between its calls, or when it is removed (the drain
+        loop then stops at once, and the own worker does not start)."""
         slot.shared = False
         slot.scheduled = False
         self.members.discard(slot)
