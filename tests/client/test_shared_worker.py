@@ -41,12 +41,11 @@ def _busy(seconds: float) -> None:
         pass
 
 
-async def _cancelled_task() -> asyncio.Task[Any]:
-    """A task cancelled elsewhere: awaiting it raises a CancelledError of the awaiter's own."""
-    task = asyncio.get_running_loop().create_task(asyncio.sleep(10))
-    await asyncio.sleep(0)
-    task.cancel()
-    return task
+def _cancelled_future() -> asyncio.Future[None]:
+    """Something cancelled elsewhere: awaiting it raises a CancelledError of one's own."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    return future
 
 
 def _in_order(got: list[dict[str, Any]], ref: list[dict[str, Any]]) -> None:
@@ -179,9 +178,7 @@ async def test_a_handlers_own_cancelled_error_is_reported_not_fatal(
         calls.append(1)
         if not raised and _slot(ws, tick).shared == shared:
             raised.append(True)
-            doomed = asyncio.get_running_loop().create_future()
-            doomed.cancel()
-            await doomed
+            await _cancelled_future()
 
     ws.on_ticker("all", tick)
     async with running(ws):
@@ -372,9 +369,7 @@ async def test_a_task_group_in_a_handler_cannot_stop_the_client(then: str) -> No
                         tg.create_task(fail_later())
             elif then == "own CancelledError" and len(calls) > 50 and len(steps) == 1:
                 steps.append("cancelled future")
-                doomed = asyncio.get_running_loop().create_future()
-                doomed.cancel()
-                await doomed
+                await _cancelled_future()
 
         async def other(data: dict[str, Any]) -> None:
             others.append(1)
@@ -399,18 +394,17 @@ async def test_a_handler_removed_by_itself_raising_its_own_cancelled_error_is_re
     sim: SimExchange,
 ) -> None:
     # Removed from inside its call on the shared task, then a CancelledError of its own
-    # (a task cancelled elsewhere), without suspending: a handler failure, not a
+    # (a future cancelled elsewhere), without suspending: a handler failure, not a
     # cancellation of the shared task (that would stop the whole client).
     ws = make_client(sim)
     done: list[bool] = []
     others: list[int] = []
-    dead: list[asyncio.Task[Any]] = []
 
     async def tick(data: dict[str, Any]) -> None:
         if not done and _slot(ws, tick).shared:
             done.append(True)
             ws.remove_handler(tick)
-            await dead[0]
+            await _cancelled_future()
 
     async def other(data: dict[str, Any]) -> None:
         others.append(1)
@@ -418,7 +412,6 @@ async def test_a_handler_removed_by_itself_raising_its_own_cancelled_error_is_re
     ws.on_ticker("all", tick)
     ws.on_ticker("all", other)
     async with running(ws):
-        dead.append(await _cancelled_task())
         await wait_for(lambda: done, what="the removal")
         before = len(others)
         await wait_for(lambda: len(others) > before + 200, what="events afterwards")
@@ -433,10 +426,9 @@ async def test_a_thread_handlers_own_cancelled_error_is_reported(sim: SimExchang
     # and the handler goes on getting events.
     ws = make_client(sim)
     calls: list[int] = []
-    dead: list[asyncio.Task[Any]] = []
 
     async def lookup() -> None:
-        await dead[0]
+        await _cancelled_future()
 
     def tick(data: dict[str, Any]) -> None:
         calls.append(1)
@@ -445,7 +437,6 @@ async def test_a_thread_handlers_own_cancelled_error_is_reported(sim: SimExchang
 
     ws.on_ticker("all", tick, thread=True)
     async with running(ws):
-        dead.append(await _cancelled_task())
         await wait_for(lambda: len(calls) > 200, what="events after the CancelledError")
         state = ws.stats.state
     assert state == "connected"
