@@ -168,7 +168,6 @@ class Slot:
         "channel",
         "conflatable",
         "conflated",
-        "delivered",
         "direct",
         "flight",
         "fn",
@@ -220,7 +219,6 @@ class Slot:
         self.report = report
         self.name = callable_name(fn) if fn is not None else "listen()"
         self.conflated = 0
-        self.delivered = 0
         self.scope: anyio.CancelScope | None = None
         self.stopped = False
         self.warned_slow = False
@@ -294,14 +292,8 @@ class Slot:
                 # (Router.feed_for), and drain() proves it fast again.
                 try:
                     self.fn(event)  # type: ignore[misc]
-                except Exception as exc:
-                    self._failed(exc, event)
                 except BaseException as exc:
-                    # As from a drain: the event loop gets it (it logs it, or stops on
-                    # KeyboardInterrupt and SystemExit); the reader goes on.
-                    self.direct = False
-                    self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
-                self.delivered += 1
+                    self.direct_failed(exc, event)
                 return
             if not self.scheduled:
                 self._schedule()
@@ -368,7 +360,6 @@ class Slot:
             # still queued get another drain (a push schedules one only on an empty queue).
             if q and not self.scheduled and not self.stopped:
                 self._schedule()
-        self.delivered += n
         elapsed = time.monotonic() - started
         # Proven fast over at least _DIRECT_MIN_EVENTS events (over several drains when
         # events come one at a time): from now on called from the reader.
@@ -434,7 +425,6 @@ class Slot:
                         self._failed(exc, ev)
                     except asyncio.CancelledError as exc:
                         self._failed_cancelled(exc, ev)
-                self.delivered += n
                 runner = self.runner
                 if (
                     runner is not None
@@ -467,7 +457,6 @@ class Slot:
                 # A CancelledError in a worker thread is the handler's own (a coroutine it
                 # ran with anyio.from_thread.run() was cancelled): nothing cancels a thread.
                 failures.append((exc, ev))
-            self.delivered += 1
         return failures
 
     def _timed(self, n: int, elapsed: float) -> bool | None:
@@ -502,6 +491,16 @@ class Slot:
             raise exc
         self._failed(exc, event)
 
+    def direct_failed(self, exc: BaseException, event: Any) -> None:
+        """The handler, called from the reader (see _push_drain), raised ``exc``."""
+        if isinstance(exc, Exception):
+            self._failed(exc, event)
+            return
+        # As from a drain: the event loop gets it (it logs it, or stops on
+        # KeyboardInterrupt and SystemExit); the reader goes on.
+        self.direct = False
+        self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
+
     def _failed(self, exc: BaseException, event: Any) -> None:
         if self.report is None:
             return
@@ -516,7 +515,6 @@ class Slot:
         while not q:
             self.wake.clear()
             await self.wake.wait()
-        self.delivered += 1
         return q.popleft()
 
     def cancel(self) -> None:
@@ -652,21 +650,17 @@ class SharedWorker:
             with anyio.CancelScope() as scope:
                 self.scope = scope
                 await self._serve(generation, at)
-            cancelled = scope.cancelled_caught
         except asyncio.CancelledError:
             if generation == self.generation or _cancelled_by_anyio():
                 raise
             # The handler's removal cancelled this task's scope, and the scope did not
             # take the cancellation back (a pending cancel request left by a handler's
             # asyncio.TaskGroup on Python 3.11, see Slot.run).
-            cancelled = True
         # This task was left with a call of ``at.slot`` that suspended, and has finished
         # it (or the handler was removed and the call cancelled). That handler goes back
         # to its own worker for good.
         slot = at.slot
         assert slot is not None
-        if cancelled:
-            slot.delivered += at.calls - 1  # all but the cancelled call
         slot.suspends = True
         slot.flight = None
         self.release(slot)
@@ -701,11 +695,9 @@ class SharedWorker:
                     except Exception as exc:
                         slot._failed(exc, ev)
                     except asyncio.CancelledError as exc:
-                        at.calls = n  # for run(), if this cancels a call left to this task
                         slot._failed_cancelled(exc, ev)
                     if not n & 15 and monotonic() > deadline:
                         break
-                slot.delivered += n
                 if generation != self.generation:
                     return  # this task was left with a call of this handler: see run()
                 self.serving = None
@@ -725,13 +717,12 @@ class SharedWorker:
 
 
 class _Serving:
-    """Where a shared worker task is: the handler it serves, the calls of a cancelled drain."""
+    """Where a shared worker task is: the handler it serves."""
 
-    __slots__ = ("calls", "slot")
+    __slots__ = ("slot",)
 
     def __init__(self) -> None:
         self.slot: Slot | None = None
-        self.calls = 0
 
 
 def _deliverable(slot: Slot) -> bool:

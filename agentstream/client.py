@@ -689,7 +689,6 @@ class AgentExchangeWS:
             slot.wake.clear()
             with anyio.move_on_after(0.25):
                 await slot.wake.wait()
-        slot.delivered += 1
         return slot.queue.popleft()
 
     # -- the run ----------------------------------------------------------------------

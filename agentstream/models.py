@@ -8,6 +8,10 @@ Example:
     ... def on_btc(t: Ticker) -> None:
     ...     print(t.symbol, t.price + 1)      # Decimal arithmetic, no float error
 
+Models hold only strings, numbers, ``Decimal``s and ``datetime``s, so they cannot be part
+of a reference cycle: they are declared ``gc=False`` (the garbage collector does not track
+them, which makes decoding cheaper).
+
 Every model validates what it decodes: a NaN or negative price, a timestamp that is
 neither ISO-8601 nor epoch milliseconds, a missing field: the frame is dropped and
 counted in ``ws.stats``, and no handler sees it.
@@ -72,7 +76,7 @@ def _check_amount(name: str, value: Decimal | None, *, positive: bool = False) -
         raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'}")
 
 
-class Ticker(msgspec.Struct, frozen=True, kw_only=True):
+class Ticker(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One trade of a pair (the ``ticker`` channel)."""
 
     symbol: str = ""
@@ -95,7 +99,7 @@ class Ticker(msgspec.Struct, frozen=True, kw_only=True):
             _fix_time(self, "timestamp")
 
 
-class Candle(msgspec.Struct, frozen=True, kw_only=True):
+class Candle(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An OHLCV candle (the ``candles`` channel).
 
     ``open_time`` is the start of the candle (the server sends it as ``time``; both
@@ -128,7 +132,7 @@ class Candle(msgspec.Struct, frozen=True, kw_only=True):
         _set(self, "time", open_time)
 
 
-class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True):
+class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A status change of one of the account's orders (the ``orders`` channel).
 
     Optional fields are None unless they apply (``executed_price`` once filled, ...).
@@ -160,7 +164,7 @@ class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True):
         _fix_time(self, "cancelled_at")
 
 
-class Portfolio(msgspec.Struct, frozen=True, kw_only=True):
+class Portfolio(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A snapshot of the account (the ``portfolio`` channel).
 
     ``roi_pct`` is None when the server does not send it (the platform's own server

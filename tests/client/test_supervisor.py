@@ -790,3 +790,83 @@ async def test_a_handler_called_by_the_reader_that_blocks_is_reported(
             lambda: "called from the reader blocked the event loop for" in caplog.text,
             what="the warning",
         )
+
+
+_MARK = "0.123456789"  # the quantity of the frames a test sends itself (the sim's differ)
+
+
+def _seq_frame(seq: int, symbol: str = "BTCUSDT") -> str:
+    return (
+        f'{{"channel":"ticker","symbol":"{symbol}","data":{{"price":"{seq}",'
+        f'"quantity":"{_MARK}","timestamp":"2026-01-01T00:00:00Z","is_buyer_maker":false}}}}'
+    )
+
+
+def _quiet_sim() -> SimExchange:
+    """A market with next to no trades of its own: the test sends the frames."""
+    return SimExchange(tick_rate=0.01, ping_interval=60)
+
+
+async def _subscribed(sim: SimExchange, key: str) -> None:
+    await wait_for(
+        lambda: any(key in r.subscribe_requests for r in sim.connection_log),
+        what=f"the subscribe to {key}",
+    )
+
+
+async def test_a_handler_proven_fast_with_a_backlog_gets_its_events_in_order() -> None:
+    # A drain that proves a handler fast can stop at the end of its time slice with
+    # events still queued. Until that backlog is drained, new events must queue behind
+    # it, not be called from the reader ahead of it.
+    async with _quiet_sim() as sim:
+        ws = make_client(sim, stale_timeout=30)
+        seqs: list[int] = []
+
+        def tick(data: dict[str, Any]) -> None:
+            if data["quantity"] == _MARK:
+                seqs.append(int(data["price"]))
+                end = time.perf_counter() + 15e-6  # fast (under 20 µs), but a 1 ms
+                while time.perf_counter() < end:  # slice drains only ~60 of them
+                    pass
+
+        ws.on_ticker("BTCUSDT", tick)
+        async with running(ws):
+            await _subscribed(sim, "ticker:BTCUSDT")
+            n = 3000
+            for seq in range(n):  # one write: far more than a slice's worth queues up
+                sim.send_raw(_seq_frame(seq))
+            await wait_for(lambda: len(seqs) >= n, what="every event")
+        assert seqs == list(range(n))
+
+
+async def test_a_handler_that_removes_itself_from_the_reader_is_not_called_again() -> None:
+    # Called from the reader, a handler removes itself: the rest of the reader's batch
+    # (the routes change only after it) must not reach it.
+    async with _quiet_sim() as sim:
+        ws = make_client(sim, stale_timeout=30)
+        late: list[int] = []
+        removed: list[int] = []
+
+        def tick(data: dict[str, Any]) -> None:
+            if data["quantity"] != _MARK:
+                return
+            seq = int(data["price"])
+            if removed:
+                late.append(seq)
+            elif seq >= 100 and slot.direct:
+                removed.append(seq)
+                ws.remove_handler(tick)
+
+        ws.on_ticker("BTCUSDT", tick)
+        slot = ws._slots["ticker:BTCUSDT"][0]
+        async with running(ws):
+            await _subscribed(sim, "ticker:BTCUSDT")
+            for seq in range(100):
+                sim.send_raw(_seq_frame(seq))
+            await _promoted(ws, "ticker:BTCUSDT")
+            for seq in range(100, 400):  # one write: the client reads them in batches
+                sim.send_raw(_seq_frame(seq))
+            await wait_for(lambda: removed, what="the handler to remove itself")
+            await anyio.sleep(0.1)
+        assert removed == [100]
+        assert late == []
