@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import bench.client as bench_client
 from bench.__main__ import main as bench_main
+from bench._common import LATENCY_BUCKETS
 from bench.client import percentile
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ def test_tiny_comparison_runs_and_reports_numbers(
         else:
             lat = res["latency"]
             assert lat["n"] > 0 and lat["p50_us"] is not None and lat["p99_us"] is not None
+            assert lat["p95_us"] is not None and lat["p999_us"] is not None
+            assert lat["over_slow_pct"] is not None
         if job["client"] == "as-dict":
             stats = res["agentstream"]
             assert stats["messages_total"] > 0 and stats["dropped_frames"] == 0
@@ -76,3 +80,19 @@ def test_unknown_client_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_percentile_of_an_empty_histogram_is_none() -> None:
     assert percentile(0.99, 0) is None
+
+
+def test_latency_summary_reports_the_share_of_slow_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    hist = [0] * LATENCY_BUCKETS
+    hist[100] = 970
+    hist[300] = 10  # not slower than SLOW_US
+    hist[400] = 19
+    monkeypatch.setattr(bench_client, "HIST", hist)
+    monkeypatch.setattr(bench_client, "OVERFLOW", 1)
+    monkeypatch.setattr(bench_client, "OVERFLOW_MAX", 200_000)
+    lat = bench_client.latency_summary()
+    assert bench_client.SLOW_US == 300
+    assert lat["n"] == 1000
+    assert lat["over_slow_pct"] == 2.0  # 19 at 400 µs and 1 in the overflow
+    assert (lat["p50_us"], lat["p95_us"], lat["p99_us"], lat["p999_us"]) == (100, 100, 400, 400)
+    assert lat["max_us"] == 200_000
