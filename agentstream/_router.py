@@ -416,9 +416,9 @@ class Router:
             decode = self.decode
             tickers = self.tickers
             others = 0
-            # Gaps open only when a link goes down (never during a batch) and close in
-            # _generic, or when a control message refuses a channel: checked again after
-            # each of those.
+            # Gaps open only when a link goes down (Link.run, never during a batch) and
+            # close in _generic or in _slow (an event it delivers, a channel a control
+            # message refuses or moves): read again after each of those.
             gap_free = not gaps.open
             self.feeding = True
             # Sync handlers proven fast are called from here (Slot._push_drain): if 8

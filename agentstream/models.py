@@ -10,7 +10,8 @@ Example:
 
 Models hold only strings, numbers, ``Decimal``s and ``datetime``s, so they cannot be part
 of a reference cycle: they are declared ``gc=False`` (the garbage collector does not track
-them, which makes decoding cheaper).
+them, which makes decoding cheaper). A subclass inherits that; one that adds a field able
+to hold a container must pass ``gc=True`` (``class Tagged(Ticker, gc=True): ...``).
 
 Every model validates what it decodes: a NaN or negative price, a timestamp that is
 neither ISO-8601 nor epoch milliseconds, a missing field: the frame is dropped and
