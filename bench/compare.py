@@ -39,7 +39,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -285,18 +285,20 @@ class Row:
     client: str
     runs: int
     failed: int
-    throughput: list[float]
-    p50: list[float]
-    p99: list[float]
-    max_us: list[float]
-    rss_mb: list[float]
-    delivered: list[float]
-    conflated: list[int]
-    dropped: list[int]
-    overflow: list[int]
-    cpu_share: list[float]
-    preempted: list[float]
-    cpu_other: list[float]
+    throughput: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    max_us: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    delivered: list[float] = field(default_factory=list)
+    conflated: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    overflow: list[int] = field(default_factory=list)
+    cpu_share: list[float] = field(default_factory=list)
+    preempted: list[float] = field(default_factory=list)
+    cpu_other: list[float] = field(default_factory=list)
+    #: Per run: % of frames slower than bench.client.SLOW_US (rate modes).
+    slow: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         def med(xs: list[Any]) -> Any:
@@ -320,13 +322,14 @@ class Row:
             "cpu_share_median": med(self.cpu_share),
             "preempted_median": med(self.preempted),
             "cpu_other_median": med(self.cpu_other),
+            "over_slow_pct_median": med(self.slow),
         }
 
 
 def aggregate(jobs: list[dict[str, Any]], client: str, mode: Mode) -> Row:
     mine = [j for j in jobs if j["client"] == client and j["mode"] == mode.name]
     ok = [j for j in mine if "error" not in j]
-    row = Row(client, len(ok), len(mine) - len(ok), [], [], [], [], [], [], [], [], [], [], [], [])
+    row = Row(client, len(ok), len(mine) - len(ok))
     for j in ok:
         res, srv = j["client_result"], j["server_result"]
         if "throughput" in res:
@@ -343,6 +346,8 @@ def aggregate(jobs: list[dict[str, Any]], client: str, mode: Mode) -> Row:
             row.p99.append(lat["p99_us"])
             row.max_us.append(lat["max_us"])
             row.overflow.append(lat["overflow"])
+            if lat.get("over_slow_pct") is not None:
+                row.slow.append(lat["over_slow_pct"])
         row.rss_mb.append(res["peak_rss_kib"] / 1024)
         if srv.get("sent"):
             row.delivered.append(res["calls"] / srv["sent"])
@@ -449,6 +454,7 @@ def table(mode: Mode, rows: dict[str, Row], args: argparse.Namespace) -> list[st
                 "p99 best",
                 "p99 range",
                 "p99 vs bare",
+                ">300µs",
                 "max µs",
                 "delivered",
                 "conflated",
@@ -469,6 +475,7 @@ def table(mode: Mode, rows: dict[str, Row], args: argparse.Namespace) -> list[st
                     _lat(min(r.p99, default=None)),
                     f"{_lat(min(r.p99, default=None))}-{_lat(max(r.p99, default=None))}",
                     _ratio(p99, base(BASELINE[name], "p99")),
+                    _num(_median(r.slow), "{:.2f}%"),
                     _lat(max(r.max_us, default=None)),
                     _num(_median(r.delivered), "{:.1%}"),
                     _num(max(r.conflated), "{:,}") if r.conflated else "-",
@@ -477,7 +484,7 @@ def table(mode: Mode, rows: dict[str, Row], args: argparse.Namespace) -> list[st
                     "-" if rss is None or b_rss is None else f"{rss - b_rss:+.1f}",
                 ]
             )
-        lines += render(out, right=set(range(1, 12)))
+        lines += render(out, right=set(range(1, 13)))
     return lines
 
 
@@ -531,7 +538,24 @@ def checks(summary: dict[str, dict[str, Row]], runs: int) -> list[tuple[str, str
             out.append(("SKIP", f"{text}: not measured"))
         else:
             verdict = "PASS" if a <= 1.25 * b else "FAIL"
-            out.append((verdict, f"{text}: {_lat(a)} vs {_lat(b)} µs = {a / b:.2f}x"))
+            slow = ""
+            sa, sb = _median(r20[name].slow), _median(base.slow) if base is not None else None
+            if sa is not None and sb is not None:
+                slow = f" (frames over 300 µs: {sa:.2f} % vs {sb:.2f} %)"
+            out.append((verdict, f"{text}: {_lat(a)} vs {_lat(b)} µs = {a / b:.2f}x{slow}"))
+    for name in sorted({BASELINE[n] for n in AGENTSTREAM_CLIENTS} & set(r20)):
+        # The baseline's own runs disagree by more than the tolerance: which side of it a
+        # client's median lands on is then the machine's doing as much as the client's.
+        lo, hi = min(r20[name].p99, default=None), max(r20[name].p99, default=None)
+        if lo and hi and hi > 1.25 * lo:
+            out.append(
+                (
+                    "NOTE",
+                    f"rate 20,000: {name}'s own p99 ranged {_lat(lo)}-{_lat(hi)} µs over its "
+                    f"runs ({hi / lo:.1f}x): the p99 comparisons above are within the "
+                    "machine's noise (see the >300µs column and docs/performance.md)",
+                )
+            )
     if not r20:
         out.append(("SKIP", "rate 20,000: latency p99 targets: mode not run"))
 

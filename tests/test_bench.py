@@ -16,6 +16,7 @@ import bench.client as bench_client
 from bench.__main__ import main as bench_main
 from bench._common import LATENCY_BUCKETS
 from bench.client import percentile
+from bench.compare import Row, checks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -96,3 +97,25 @@ def test_latency_summary_reports_the_share_of_slow_frames(monkeypatch: pytest.Mo
     assert lat["over_slow_pct"] == 2.0  # 19 at 400 µs and 1 in the overflow
     assert (lat["p50_us"], lat["p95_us"], lat["p99_us"], lat["p999_us"]) == (100, 100, 400, 400)
     assert lat["max_us"] == 200_000
+
+
+def test_p99_checks_give_the_slow_share_and_flag_a_baseline_noisier_than_the_bar() -> None:
+    def rows(bare_p99: list[float]) -> dict[str, dict[str, Row]]:
+        bare = Row("bare", 5, 0, p99=bare_p99, slow=[0.3, 0.4, 0.5, 3.0, 3.5])
+        mine = Row("as-dict", 5, 0, p99=[390, 400, 410, 420, 430], slow=[1.0] * 5)
+        return {"20000": {"bare": bare, "as-dict": mine}}
+
+    noisy = dict(checks(rows([200, 210, 220, 400, 420]), runs=5))
+    assert noisy["FAIL"] == (
+        "rate 20,000: as-dict p99 <= 1.25x bare p99: 410 vs 220 µs = 1.86x "
+        "(frames over 300 µs: 1.00 % vs 0.50 %)"
+    )
+    assert "bare's own p99 ranged 200-420 µs over its runs (2.1x)" in noisy["NOTE"]
+
+    steady = checks(rows([380, 390, 400, 410, 420]), runs=5)
+    assert (
+        "PASS",
+        "rate 20,000: as-dict p99 <= 1.25x bare p99: 410 vs 400 µs = 1.02x "
+        "(frames over 300 µs: 1.00 % vs 0.50 %)",
+    ) in steady
+    assert not any("own p99 ranged" in text for _, text in steady)

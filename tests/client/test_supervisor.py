@@ -814,6 +814,14 @@ async def _subscribed(sim: SimExchange, key: str) -> None:
     )
 
 
+async def _proven_on_marked_frames(sim: SimExchange, ws: AgentExchangeWS) -> None:
+    """Once subscribed, frames 0 to 99: the ``ticker:BTCUSDT`` handler proves fast."""
+    await _subscribed(sim, "ticker:BTCUSDT")
+    for seq in range(100):
+        sim.send_raw(_seq_frame(seq))
+    await _promoted(ws, "ticker:BTCUSDT")
+
+
 async def test_a_handler_proven_fast_with_a_backlog_gets_its_events_in_order() -> None:
     # A drain that proves a handler fast can stop at the end of its time slice with
     # events still queued (direct, with a backlog). Until that backlog is drained, new
@@ -830,10 +838,7 @@ async def test_a_handler_proven_fast_with_a_backlog_gets_its_events_in_order() -
         ws.on_ticker("BTCUSDT", tick)
         slot = ws._slots["ticker:BTCUSDT"][0]
         async with running(ws):
-            await _subscribed(sim, "ticker:BTCUSDT")
-            for seq in range(100):
-                sim.send_raw(_seq_frame(seq))
-            await _promoted(ws, "ticker:BTCUSDT")
+            await _proven_on_marked_frames(sim, ws)
             await wait_for(lambda: len(seqs) == 100, what="the first 100 events")
             feed = ws._router.feed_for(ws._links[0])
             slot.direct = False
@@ -867,10 +872,7 @@ async def test_a_handler_that_removes_itself_from_the_reader_is_not_called_again
         ws.on_ticker("BTCUSDT", tick)
         slot = ws._slots["ticker:BTCUSDT"][0]
         async with running(ws):
-            await _subscribed(sim, "ticker:BTCUSDT")
-            for seq in range(100):
-                sim.send_raw(_seq_frame(seq))
-            await _promoted(ws, "ticker:BTCUSDT")
+            await _proven_on_marked_frames(sim, ws)
             for seq in range(100, 400):  # one write: the client reads them in batches
                 sim.send_raw(_seq_frame(seq))
             await wait_for(lambda: removed, what="the handler to remove itself")
