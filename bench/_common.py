@@ -95,6 +95,17 @@ def cpu_ticks(cpu: int) -> tuple[int, int] | None:
     return None
 
 
+def process_ticks(pid: int) -> int | None:
+    """User + system clock ticks a process has used so far, from /proc; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name (field 2) may hold spaces: count from the closing paren.
+            fields = f.read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (``nproc``)."""
     if hasattr(os, "sched_getaffinity"):

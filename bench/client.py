@@ -1,7 +1,7 @@
 """One bench client, in its own process: consume the bench server's stream, print JSON.
 
     python -m bench.client NAME --url ws://127.0.0.1:PORT --mode blast|rate
-                           [--warmup 0.5] [--seconds 3] [--cpu 1]
+                           [--warmup 0.5] [--seconds 3] [--cpu 1 [--keep-awake]]
 
 Every client's handler does the same work: it stores the latest price of the symbol in a
 dict (and counts the call); in rate mode it also reads the send stamp the server wrote
@@ -34,7 +34,10 @@ Measurements:
     blast  handler calls per second between ``--warmup`` and ``--warmup + --seconds``
            after the first call (a sampler thread reads the call counter twice)
     rate   latency from the server's send stamp to the handler call (p50 / p99 / max),
-           for frames stamped after the warm-up; calls over the whole run
+           for frames stamped after the warm-up; calls over the whole run.
+           With ``--keep-awake`` a ``SCHED_IDLE`` spinner (``bench.keepawake``) keeps the
+           pinned CPU from idling, so that a frame does not also wait for an idle
+           virtual CPU to wake; its CPU time is left out of ``cpu_other``
     both   peak RSS (``ru_maxrss``), and for agentstream ``ws.stats`` (conflated, dropped
            frames, invalid events, handler errors): a conflated event is not delivered.
 """
@@ -45,6 +48,7 @@ import argparse
 import asyncio
 import json
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -61,6 +65,7 @@ from bench._common import (
     cpu_ticks,
     peak_rss_kib,
     pin_to_cpu,
+    process_ticks,
 )
 
 if TYPE_CHECKING:
@@ -216,17 +221,23 @@ class Sampler(threading.Thread):
     client the same, next to nothing.
     """
 
-    def __init__(self, warmup: float, seconds: float, cpu: int | None) -> None:
+    def __init__(
+        self, warmup: float, seconds: float, cpu: int | None, spinner: int | None = None
+    ) -> None:
         super().__init__(name="bench-sampler", daemon=True)
         self.cpu = cpu
+        self.spinner = spinner  # pid of the keep-awake spinner on the same CPU, if any
         self.warmup = warmup
         self.seconds = seconds
         self.stream_ended = threading.Event()
         self.window: tuple[int, int, int, int] | None = None  # t0, c0, t1, c1
         self.cpu_s = 0.0  # CPU time of this process (every thread) during the window
         self.preempted = 0  # involuntary context switches during the window
-        #: Share of the pinned CPU busy with anything but this process during the window.
+        #: Share of the pinned CPU busy with anything but this process (and the spinner)
+        #: during the window.
         self.cpu_other: float | None = None
+        #: Share of the pinned CPU the keep-awake spinner had during the window.
+        self.spinner_share: float | None = None
         self.first_call_ns: int | None = None
         self.incomplete = False
 
@@ -243,14 +254,20 @@ class Sampler(threading.Thread):
         cpu0 = time.process_time()
         ivcsw0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
         ticks0 = cpu_ticks(self.cpu) if self.cpu is not None else None
+        spun0 = process_ticks(self.spinner) if self.spinner is not None else None
         LATENCY_FROM = t0
         self.stream_ended.wait(self.seconds)
         t1, c1 = monotonic_ns(), COUNT
         self.cpu_s = time.process_time() - cpu0
         self.preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - ivcsw0
         ticks1 = cpu_ticks(self.cpu) if self.cpu is not None else None
+        spun1 = process_ticks(self.spinner) if self.spinner is not None else None
         if ticks0 is not None and ticks1 is not None and ticks1[1] > ticks0[1]:
-            busy = (ticks1[0] - ticks0[0]) / (ticks1[1] - ticks0[1])
+            total = ticks1[1] - ticks0[1]
+            busy = (ticks1[0] - ticks0[0]) / total
+            if spun0 is not None and spun1 is not None:
+                self.spinner_share = min(1.0, (spun1 - spun0) / total)
+                busy -= self.spinner_share
             self.cpu_other = max(0.0, busy - self.cpu_s / ((t1 - t0) / 1e9))
         self.incomplete = self.stream_ended.is_set()
         self.window = (t0, c0, t1, c1)
@@ -445,10 +462,28 @@ def latency_summary() -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def start_keep_awake(cpu: int) -> tuple[subprocess.Popen[str], str]:
+    """Start ``bench.keepawake`` on ``cpu``; return it and its policy once it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.keepawake", str(cpu)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    word, _, policy = proc.stdout.readline().strip().partition(" ")
+    if word != "ready":
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        raise RuntimeError(f"the keep-awake spinner did not start (exit {proc.returncode})")
+    return proc, policy
+
+
+def run(args: argparse.Namespace, spinner: int | None = None) -> dict[str, Any]:
     name = args.client
     scope = CLIENTS[name]
-    sampler = Sampler(args.warmup, args.seconds, args.cpu_pinned)
+    sampler = Sampler(args.warmup, args.seconds, args.cpu_pinned, spinner)
     sampler.start()
     started = time.perf_counter()
     extra: dict[str, Any]
@@ -488,6 +523,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # processing) used during the window: a few % on an idle machine. More means
         # the client competed for its CPU; its latency tail then says little.
         out["cpu_other"] = sampler.cpu_other
+        out["spinner_share"] = sampler.spinner_share
     else:
         out["window_incomplete"] = True
     if args.mode == "rate":
@@ -508,18 +544,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--cpu", type=int, default=None, help="pin the client to this CPU")
+    p.add_argument(
+        "--keep-awake",
+        action="store_true",
+        help="with --cpu: keep that CPU from idling with a SCHED_IDLE spinner (bench.keepawake)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.cpu_pinned = pin_to_cpu(args.cpu)
+    spinner: subprocess.Popen[str] | None = None
     try:
-        out = run(args)
+        policy = None
+        if args.keep_awake and args.cpu_pinned is not None:
+            spinner, policy = start_keep_awake(args.cpu_pinned)
+        out = run(args, spinner.pid if spinner is not None else None)
+        out["keep_awake"] = policy
     except Exception as exc:
         traceback.print_exc()
         print(json.dumps({"client": args.client, "error": f"{type(exc).__name__}: {exc}"}))
         return 1
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+            if spinner.stdout is not None:
+                spinner.stdout.close()
     print(json.dumps(out), flush=True)
     return 0
 

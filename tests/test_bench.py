@@ -8,15 +8,20 @@ timing: this machine's speed is not what is tested here.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 import bench.client as bench_client
 from bench.__main__ import main as bench_main
-from bench._common import LATENCY_BUCKETS
+from bench._common import LATENCY_BUCKETS, process_ticks
 from bench.client import percentile
-from bench.compare import Row, checks
+from bench.compare import ROOT, Row, checks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,6 +69,11 @@ def test_tiny_comparison_runs_and_reports_numbers(
             assert lat["n"] > 0 and lat["p50_us"] is not None and lat["p99_us"] is not None
             assert lat["p95_us"] is not None and lat["p999_us"] is not None
             assert lat["over_slow_pct"] is not None
+        if report["meta"]["pinning"] != "off":
+            # Rate runs keep the client's CPU awake (the default); blast runs never do.
+            awake = job["mode"] != "blast"
+            assert res["keep_awake"] == ("SCHED_IDLE" if awake else None)
+            assert (res["spinner_share"] is not None) is awake
         if job["client"] == "as-dict":
             stats = res["agentstream"]
             assert stats["messages_total"] > 0 and stats["dropped_frames"] == 0
@@ -110,7 +120,11 @@ def test_p99_checks_give_the_slow_share_and_flag_a_baseline_noisier_than_the_bar
         "rate 20,000: as-dict p99 <= 1.25x bare p99: 410 vs 220 µs = 1.86x "
         "(frames over 300 µs: 1.00 % vs 0.50 %)"
     )
-    assert "bare's own p99 ranged 200-420 µs over its runs (2.1x)" in noisy["NOTE"]
+    assert "bare's own middle runs' p99s ranged 210-400 µs (1.9x)" in noisy["NOTE"]
+
+    # One odd run out of five cannot move the median: no NOTE for it.
+    one_odd = checks(rows([140, 150, 153, 155, 310]), runs=5)
+    assert not any("own" in text for _, text in one_odd)
 
     steady = checks(rows([380, 390, 400, 410, 420]), runs=5)
     assert (
@@ -119,3 +133,54 @@ def test_p99_checks_give_the_slow_share_and_flag_a_baseline_noisier_than_the_bar
         "(frames over 300 µs: 1.00 % vs 0.50 %)",
     ) in steady
     assert not any("own p99 ranged" in text for _, text in steady)
+
+
+def _state(pid: int) -> str | None:
+    """A process's state letter (``R``, ``S``, ``Z``...), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_keep_awake_spinner_is_lowest_priority_and_dies_with_its_client() -> None:
+    # A stand-in client starts the spinner the way bench.client does, then is killed
+    # outright (no finally runs): the spinner must notice and exit by itself.
+    code = (
+        "import os, time; from bench.client import start_keep_awake\n"
+        "p, policy = start_keep_awake(min(os.sched_getaffinity(0)))\n"
+        "print(p.pid, policy, flush=True); time.sleep(60)"
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert client.stdout is not None
+    pid_text, policy = client.stdout.readline().split()
+    spinner = int(pid_text)
+    try:
+        assert policy == "SCHED_IDLE"
+        assert os.sched_getscheduler(spinner) == os.SCHED_IDLE
+        ticks = process_ticks(spinner)
+        assert ticks is not None
+        time.sleep(0.3)
+        spun = process_ticks(spinner)
+        assert spun is not None and spun > ticks  # it does spin
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+        deadline = time.monotonic() + 5
+        while _state(spinner) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _state(spinner) in (None, "Z")
+    finally:
+        client.kill()
+        client.wait()
+        client.stdout.close()
+        if _state(spinner) not in (None, "Z"):
+            os.kill(spinner, signal.SIGKILL)
+
+
+def test_process_ticks_of_a_missing_process_is_none() -> None:
+    assert process_ticks(os.getpid()) is not None
+    assert process_ticks(2**22 + 12345) is None
