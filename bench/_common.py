@@ -95,14 +95,22 @@ def cpu_ticks(cpu: int) -> tuple[int, int] | None:
     return None
 
 
-def process_ticks(pid: int) -> int | None:
-    """User + system clock ticks a process has used so far, from /proc; None if unknown."""
+def process_stat(pid: int) -> list[str] | None:
+    """Fields 3 on of ``/proc/PID/stat`` (state first); None once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            # The command name (field 2) may hold spaces: count from the closing paren.
-            fields = f.read().rpartition(")")[2].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    except (OSError, ValueError, IndexError):
+            # The command name (field 2) may hold spaces: count from its closing paren.
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def process_ticks(pid: int) -> int | None:
+    """User + system clock ticks a process has used so far, from /proc; None if unknown."""
+    fields = process_stat(pid)
+    try:
+        return int(fields[11]) + int(fields[12]) if fields else None  # utime, stime
+    except (ValueError, IndexError):
         return None
 
 

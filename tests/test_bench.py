@@ -19,7 +19,7 @@ import pytest
 
 import bench.client as bench_client
 from bench.__main__ import main as bench_main
-from bench._common import LATENCY_BUCKETS, process_ticks
+from bench._common import LATENCY_BUCKETS, process_stat, process_ticks
 from bench.client import percentile
 from bench.compare import ROOT, Row, checks
 
@@ -137,11 +137,8 @@ def test_p99_checks_give_the_slow_share_and_flag_a_baseline_noisier_than_the_bar
 
 def _state(pid: int) -> str | None:
     """A process's state letter (``R``, ``S``, ``Z``...), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0]
-    except OSError:
-        return None
+    fields = process_stat(pid)
+    return fields[0] if fields else None
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
