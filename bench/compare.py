@@ -8,9 +8,10 @@ For each mode, for each run, for each client (the order rotates from run to run,
 drift of the machine hits every client alike), this starts a fresh bench server process
 (``bench/server.py``) and then the client's own process (``bench/client.py``), both on
 127.0.0.1, the server pinned to CPU 0 and the client to CPU 1 when the machine has two
-or more. It then prints one table per mode (medians, best runs, spread, ratios against
-the bare loop and the peer pattern, peak RSS) and checks the targets of the
-performance issue, as PASS / FAIL lines.
+or more (in rate modes the client also starts ``bench/keepawake.py``, a ``SCHED_IDLE``
+spinner that keeps its CPU from idling: ``--keep-awake``). It then prints one table per
+mode (medians, best runs, spread, ratios against the bare loop and the peer pattern, peak
+RSS) and checks the targets of the performance issue, as PASS / FAIL lines.
 
 Modes (``--modes``, comma-separated):
     blast      the server writes as fast as the socket drains; the score is handler
@@ -704,25 +705,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--retries", type=int, default=1, help="times a crashed run is run again (default 1)"
     )
-    pin = p.add_mutually_exclusive_group()
-    pin.add_argument(
+    p.add_argument(
         "--pin",
-        dest="pin",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="pin the server and the clients to CPUs (default when nproc >= 2)",
     )
-    pin.add_argument("--no-pin", dest="pin", action="store_false")
-    awake = p.add_mutually_exclusive_group()
-    awake.add_argument(
+    p.add_argument(
         "--keep-awake",
-        dest="keep_awake",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=True,
         help="rate runs: keep the client's CPU from idling with a SCHED_IDLE spinner, so "
         "latency measures the client, not an idle virtual CPU waking (default, with --pin)",
     )
-    awake.add_argument("--no-keep-awake", dest="keep_awake", action="store_false")
     p.add_argument("--server-cpu", type=int, default=0, help="CPU of the server (default 0)")
     p.add_argument("--client-cpu", type=int, default=1, help="CPU of the clients (default 1)")
     args = p.parse_args(argv)
