@@ -47,7 +47,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
+import select
 import subprocess
 import sys
 import threading
@@ -465,13 +467,14 @@ def latency_summary() -> dict[str, Any]:
 def start_keep_awake(cpu: int) -> tuple[subprocess.Popen[str], str]:
     """Start ``bench.keepawake`` on ``cpu``; return it and its policy once it is ready."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.keepawake", str(cpu)],
+        [sys.executable, "-m", "bench.keepawake", str(cpu), str(os.getpid())],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None
-    word, _, policy = proc.stdout.readline().strip().partition(" ")
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    word, _, policy = (proc.stdout.readline() if ready else "").strip().partition(" ")
     if word != "ready":
         proc.kill()
         proc.wait()
@@ -561,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep_awake and args.cpu_pinned is not None:
             spinner, policy = start_keep_awake(args.cpu_pinned)
         out = run(args, spinner.pid if spinner is not None else None)
+        if spinner is not None and spinner.poll() is not None:
+            raise RuntimeError("the keep-awake spinner exited during the run")
         out["keep_awake"] = policy
     except Exception as exc:
         traceback.print_exc()

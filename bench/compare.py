@@ -560,7 +560,7 @@ def checks(summary: dict[str, dict[str, Row]], runs: int) -> list[tuple[str, str
         middle = runs_p99[1:-1] if len(runs_p99) >= 4 else runs_p99
         lo, hi = (middle[0], middle[-1]) if middle else (None, None)
         if lo and hi and hi > 1.25 * lo:
-            span = "middle runs' p99s" if middle is not runs_p99 else "p99s"
+            span = "middle runs' p99s" if len(runs_p99) >= 4 else "p99s"
             out.append(
                 (
                     "NOTE",

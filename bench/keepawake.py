@@ -1,17 +1,19 @@
 """Keep one CPU from going idle, at the lowest priority: a spinner for the rate runs.
 
-    python -m bench.keepawake CPU
+    python -m bench.keepawake CPU PARENT_PID
 
 On a virtual machine an idle CPU halts, and waking it for the next frame costs a trip
 through the hypervisor: a few % of frames then wait about 300 µs more, a share that
 changes from run to run and decides a run's p99 (docs/performance.md shows it). This
-process spins on the client's CPU under ``SCHED_IDLE``: it runs only when nothing else
-wants that CPU, and a waking client takes the CPU from it at once. The client's latency
-then measures the client, not the idle wake-up.
+process spins on the client's CPU under ``SCHED_IDLE``: next to a busy process it gets
+about 0.3 % of the CPU (a weight of 3 against 1,024), and a waking client takes the CPU
+from it at once. The client's latency then measures the client, not the idle wake-up.
+Not meant for a client that is busy all the time (the blast runs do not use it).
 
 It prints ``ready POLICY`` once pinned and lowered (``POLICY`` is ``SCHED_IDLE``, or
-``nice19`` where that policy is missing), and exits by itself soon after its parent
-does, so a killed client never leaves it behind.
+``nice19`` where that policy is missing), and exits by itself within a few ms once
+``PARENT_PID`` is no longer its parent, so a killed client never leaves it behind (the
+PID is passed, not read at start, for a client killed before the spinner got that far).
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ def lower_priority() -> str:
 
 
 def main(argv: list[str]) -> int:
-    cpu = int(argv[0])
-    parent = os.getppid()
+    cpu, parent = int(argv[0]), int(argv[1])
     os.sched_setaffinity(0, {cpu})
     print("ready", lower_priority(), flush=True)
     while os.getppid() == parent:
