@@ -72,7 +72,7 @@ def test_tiny_comparison_runs_and_reports_numbers(
         if report["meta"]["pinning"] != "off":
             # Rate runs keep the client's CPU awake (the default); blast runs never do.
             awake = job["mode"] != "blast"
-            assert res["keep_awake"] == ("SCHED_IDLE" if awake else None)
+            assert (res["keep_awake"] in ("SCHED_IDLE", "nice19")) is awake
             assert (res["spinner_share"] is not None) is awake
             # The spinner's time is not counted as another process competing.
             assert res["cpu_other"] is not None and res["cpu_other"] < 0.5
@@ -159,8 +159,11 @@ def test_keep_awake_spinner_is_lowest_priority_and_dies_with_its_client() -> Non
     pid_text, policy = client.stdout.readline().split()
     spinner = int(pid_text)
     try:
-        assert policy == "SCHED_IDLE"
-        assert os.sched_getscheduler(spinner) == os.SCHED_IDLE
+        # SCHED_IDLE where the system allows it, else the lowest nice value.
+        if policy == "SCHED_IDLE":
+            assert os.sched_getscheduler(spinner) == os.SCHED_IDLE
+        else:
+            assert policy == "nice19" and os.getpriority(os.PRIO_PROCESS, spinner) == 19
         ticks = process_ticks(spinner)
         assert ticks is not None
         time.sleep(0.3)
