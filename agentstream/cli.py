@@ -17,7 +17,13 @@ import sys
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from agentstream.sim import DEMO_API_KEY, SimConfig, SimExchange
+from agentstream.sim import (
+    DEMO_API_KEY,
+    INTERVAL_MS,
+    REAL_SERVER_INTERVALS,
+    SimConfig,
+    SimExchange,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,6 +43,51 @@ def _sim_config(args: argparse.Namespace) -> SimConfig:
         subscription_limit=args.subscription_limit,
         auth_failure=args.auth_failure,
         firehose=args.firehose,
+        # `serve` only (the demo has no such flags): what makes the sim act like the real
+        # server where it is stricter than the SDK page.
+        candle_intervals=getattr(args, "candle_intervals", None) or tuple(INTERVAL_MS),
+        private_to_all_sockets=not getattr(args, "private_to_subscribers", False),
+        sparse_order_events=getattr(args, "sparse_order_events", False),
+    )
+
+
+def _intervals(text: str) -> tuple[str, ...]:
+    """``--candle-intervals 1m,5m,1h,1d``: known intervals, comma-separated, in order."""
+    ivs = tuple(dict.fromkeys(iv.strip() for iv in text.split(",") if iv.strip()))
+    unknown = [iv for iv in ivs if iv not in INTERVAL_MS]
+    if unknown or not ivs:
+        raise argparse.ArgumentTypeError(
+            f"expected some of {','.join(INTERVAL_MS)}, comma-separated; got {text!r}"
+        )
+    return ivs
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    ivs = p.add_mutually_exclusive_group()
+    ivs.add_argument(
+        "--candle-intervals",
+        type=_intervals,
+        metavar="LIST",
+        help=f"candle intervals served, comma-separated (default {','.join(INTERVAL_MS)})",
+    )
+    ivs.add_argument(
+        "--real-intervals",
+        dest="candle_intervals",
+        action="store_const",
+        const=REAL_SERVER_INTERVALS,
+        help=f"serve only the real server's intervals ({','.join(REAL_SERVER_INTERVALS)})",
+    )
+    p.add_argument(
+        "--private-to-subscribers",
+        action="store_true",
+        help="send orders/portfolio events only to sockets subscribed to them (the real "
+        "server sends them to every socket of the key)",
+    )
+    p.add_argument(
+        "--sparse-order-events",
+        action="store_true",
+        help='order events as the real server sends them when fields are missing: quantity "0"'
+        ', symbol/side/type ""',
     )
 
 
@@ -93,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the simulated exchange")
     _add_sim_options(serve, port=8000, rate=200.0, speed=1.0)
+    _add_serve_options(serve)
     demo = sub.add_parser(
         "demo", help="live demo: the simulated exchange and a client printing its stream"
     )

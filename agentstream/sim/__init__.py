@@ -8,7 +8,7 @@ Example:
 """
 
 from agentstream.sim.accounts import Account, OrderError
-from agentstream.sim.market import INTERVAL_MS, Market
+from agentstream.sim.market import INTERVAL_MS, REAL_SERVER_INTERVALS, Market
 from agentstream.sim.server import (
     CLOSE_AUTH_FAILED,
     CLOSE_PONG_TIMEOUT,
@@ -24,6 +24,7 @@ __all__ = [
     "CLOSE_PONG_TIMEOUT",
     "DEMO_API_KEY",
     "INTERVAL_MS",
+    "REAL_SERVER_INTERVALS",
     "Account",
     "ConnectionRecord",
     "Market",

@@ -26,6 +26,11 @@ INTERVAL_MS: dict[str, int] = {
     "1d": 86_400_000,
 }
 
+#: The candle intervals the real AgentExchange server serves (its SDK page also promises
+#: 15m and 4h, which the server refuses with ``INVALID_CHANNEL``). Pass it as
+#: ``SimConfig(candle_intervals=REAL_SERVER_INTERVALS)`` to make the sim refuse them too.
+REAL_SERVER_INTERVALS: tuple[str, ...] = ("1m", "5m", "1h", "1d")
+
 # Real base assets with a plausible starting price; the rest of the 600+ pairs are
 # generated from syllables with the seeded generator.
 _MAJORS: tuple[tuple[str, float], ...] = (

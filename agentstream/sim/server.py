@@ -79,8 +79,21 @@ class SimConfig:
     subscription_limit: int = 10
     #: How a bad key is refused: HTTP 403 at the handshake, or accept and close with 4401.
     auth_failure: Literal["http", "close"] = "http"
+    #: Candle intervals built and accepted; others are refused with ``INVALID_CHANNEL``.
+    #: The default is all six the SDK page promises; the real server serves only
+    #: :data:`~agentstream.sim.REAL_SERVER_INTERVALS` (``1m 5m 1h 1d``).
     candle_intervals: tuple[str, ...] = tuple(INTERVAL_MS)
+    #: Seconds between the periodic portfolio snapshots of each account.
     portfolio_interval: float = 5.0
+    #: Private events (``orders``, ``portfolio``) go to every open connection of the key,
+    #: subscribed to the channel or not, as the real server sends them. False restores
+    #: a kinder server that sends them only to connections subscribed to the channel.
+    private_to_all_sockets: bool = True
+    #: Send ``orders`` events as the real server does when its order serializer lacks a
+    #: field: ``quantity`` ``"0"`` and ``symbol``, ``side``, ``type`` ``""`` (the rest
+    #: intact). REST answers are not affected. :meth:`SimExchange.sparse_order_events`
+    #: switches it at run time.
+    sparse_order_events: bool = False
     #: How often the order engine advances each open order by one step.
     order_interval: float = 0.2
     #: Orders above this notional (USDT) fill in two steps, the first ``partially_filled``.
@@ -308,6 +321,12 @@ class SimExchange:
 
     def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
         self.config = replace(config or SimConfig(), **overrides)
+        unknown = [iv for iv in self.config.candle_intervals if iv not in INTERVAL_MS]
+        if unknown or not self.config.candle_intervals:
+            raise ValueError(
+                f"candle_intervals must be some of {', '.join(INTERVAL_MS)}; "
+                f"got {', '.join(self.config.candle_intervals) or 'none'}"
+            )
         self.market = Market(
             seed=self.config.seed, n_pairs=self.config.pairs, intervals=self.config.candle_intervals
         )
@@ -319,6 +338,9 @@ class SimExchange:
         self._revoked: set[str] = set()
         self._conns: set[_Conn] = set()
         self._subs: dict[str, set[_Conn]] = {}
+        #: Open connections per API key: where private events go (see _private_targets).
+        self._key_conns: dict[str, set[_Conn]] = {}
+        self._sparse_orders = self.config.sparse_order_events
         self._runner: web.AppRunner | None = None
         self._port = self.config.port
         self._tasks: list[asyncio.Task[None]] = []
@@ -591,6 +613,17 @@ class SimExchange:
         )
         return len(conns)
 
+    def sparse_order_events(self, enabled: bool = True) -> None:
+        """Fault: send ``orders`` events as the real server's serializer does when it lacks
+        a field: ``quantity`` ``"0"``, ``symbol``, ``side`` and ``type`` ``""``.
+
+        ``order_id``, ``status`` and the optional fields (``price``, ``executed_*``,
+        ``fee``, ``filled_at``, ...) stay intact; REST answers are not affected.
+        ``enabled=False`` goes back to full events. The initial state is
+        ``config.sparse_order_events``.
+        """
+        self._sparse_orders = enabled
+
     # -- introspection ----------------------------------------------------------------
 
     def open_connections(self) -> list[ConnectionRecord]:
@@ -646,6 +679,7 @@ class SimExchange:
         self.connection_log.append(record)
         conn = _Conn(self, ws, request, account, record)
         self._conns.add(conn)
+        self._key_conns.setdefault(account.api_key, set()).add(conn)
         conn.tasks = [
             asyncio.create_task(conn.writer(), name=f"sim-writer-{record.id}"),
             asyncio.create_task(conn.heartbeat(), name=f"sim-heartbeat-{record.id}"),
@@ -667,6 +701,11 @@ class SimExchange:
         finally:
             record.closed_at = time.monotonic()
             self._conns.discard(conn)
+            key_conns = self._key_conns.get(account.api_key)
+            if key_conns is not None:
+                key_conns.discard(conn)
+                if not key_conns:
+                    del self._key_conns[account.api_key]
             for key_ in conn.subs:
                 subs = self._subs.get(key_)
                 if subs is not None:
@@ -762,11 +801,15 @@ class SimExchange:
             return f"ticker:{sym}", ""
         if sym not in self.market.pairs:
             return None, f"unknown symbol {symbol!r}"
-        if interval not in self.config.candle_intervals:
+        if not isinstance(interval, str) or not interval:
             return None, (
-                f"invalid interval {interval!r}; use one of "
+                "channel 'candles' needs an interval, one of "
                 + ", ".join(self.config.candle_intervals)
             )
+        if interval not in self.config.candle_intervals:
+            # The real server's answer to an interval it does not serve, word for word
+            # (its detail comes out empty).
+            return None, "Channel 'candles' requires ."
         return f"candles:{sym}:{interval}", ""
 
     # -- the market, orders and portfolios ---------------------------------------------
@@ -885,9 +928,27 @@ class SimExchange:
             for acct in self.accounts.values():
                 self._push_portfolio(acct)
 
+    def _private_targets(self, acct: Account, channel: str) -> list[_Conn]:
+        """The connections a private event of ``acct`` on ``channel`` goes to.
+
+        The real server sends private events to every connection of the key, subscribed
+        or not (``broadcast_to_agent``); ``private_to_all_sockets=False`` keeps them to
+        the connections subscribed to ``channel``.
+        """
+        if self.config.private_to_all_sockets:
+            return list(self._key_conns.get(acct.api_key, ()))
+        return [c for c in self._subs.get(channel, ()) if c.account is acct]
+
+    def _order_event(self, order: Order) -> dict[str, Any]:
+        event = order.event()
+        if self._sparse_orders:
+            # What the real server sends when its order serializer lacks these fields.
+            event.update(symbol="", side="", type="", quantity="0")
+        return event
+
     def _push_orders(self, acct: Account, orders: list[Order]) -> None:
         traded = False
-        subs = [c for c in self._subs.get("orders", ()) if c.account is acct]
+        subs = self._private_targets(acct, "orders")
         for order in orders:
             traded = traded or (
                 order.executed_quantity > 0
@@ -898,14 +959,14 @@ class SimExchange:
                 )
             )
             if subs:
-                frame = _json_encode({"channel": "orders", "data": order.event()})
+                frame = _json_encode({"channel": "orders", "data": self._order_event(order)})
                 for c in subs:
                     c.send(frame)
         if traded:
             self._push_portfolio(acct)
 
     def _push_portfolio(self, acct: Account) -> None:
-        subs = [c for c in self._subs.get("portfolio", ()) if c.account is acct]
+        subs = self._private_targets(acct, "portfolio")
         if subs:
             frame = _json_encode({"channel": "portfolio", "data": self._snapshot(acct)})
             for c in subs:
@@ -1043,6 +1104,7 @@ class SimExchange:
                     for r in (c.record,)
                 ],
                 "refusing": self._refuse_status,
+                "sparse_order_events": self._sparse_orders,
             }
         )
 
@@ -1079,6 +1141,12 @@ class SimExchange:
                 result = await self.revoke_key(str(params["api_key"]))
             elif fault == "restore":
                 self.add_key(str(params["api_key"]))
+                result = None
+            elif fault == "sparse":
+                enabled = params.get("enabled", True)
+                if not isinstance(enabled, bool):
+                    raise TypeError("enabled must be true or false")
+                self.sparse_order_events(enabled)
                 result = None
             elif fault == "restart":
                 downtime = float(params.get("downtime", 1.0))

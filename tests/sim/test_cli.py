@@ -14,8 +14,8 @@ import anyio
 import pytest
 from anyio.streams.text import TextReceiveStream
 
-from agentstream.cli import build_parser
-from agentstream.sim import DEMO_API_KEY
+from agentstream.cli import _sim_config, build_parser
+from agentstream.sim import DEMO_API_KEY, INTERVAL_MS, REAL_SERVER_INTERVALS, SimConfig
 from tests.sim.helpers import expect_end, on, recv_until, subscribe
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ async def test_serve_options_reach_the_server(session: aiohttp.ClientSession) ->
             "1",
             "--auth-failure",
             "close",
+            "--real-intervals",
         ],
         cwd=ROOT,
     )
@@ -114,6 +115,11 @@ async def test_serve_options_reach_the_server(session: aiohttp.ClientSession) ->
         async with session.ws_connect(f"{base}/ws/v1?api_key=ak_cli") as ws:
             assert (await subscribe(ws, channel="orders"))["type"] == "subscribed"
             assert (await subscribe(ws, channel="portfolio"))["code"] == "SUBSCRIPTION_LIMIT"
+            refused = await subscribe(ws, channel="candles", symbol="BTCUSDT", interval="15m")
+            assert (refused["code"], refused["message"]) == (
+                "INVALID_CHANNEL",
+                "Channel 'candles' requires .",
+            )
         async with session.get(
             f"{base.replace('ws://', 'http://')}/api/v1/account/portfolio",
             headers={"X-API-Key": "ak_cli"},
@@ -134,3 +140,49 @@ def test_serve_defaults_to_port_8000_and_the_platform_settings() -> None:
     assert (args.ping_interval, args.pong_timeout, args.subscription_limit) == (30.0, 10.0, 10)
     assert args.auth_failure == "http" and args.firehose is False
     assert build_parser().parse_args(["serve", "--firehose"]).firehose is True
+
+
+def serve_config(*argv: str) -> SimConfig:
+    return _sim_config(build_parser().parse_args(["serve", *argv]))
+
+
+def test_serve_defaults_match_the_sim_defaults() -> None:
+    config, default = serve_config(), SimConfig()
+    assert config.candle_intervals == default.candle_intervals == tuple(INTERVAL_MS)
+    assert config.private_to_all_sockets is default.private_to_all_sockets is True
+    assert config.sparse_order_events is default.sparse_order_events is False
+
+
+def test_serve_real_server_flags() -> None:
+    assert serve_config("--real-intervals").candle_intervals == REAL_SERVER_INTERVALS
+    assert serve_config("--candle-intervals", "1m, 5m,1h,5m").candle_intervals == (
+        "1m",
+        "5m",
+        "1h",
+    )
+    assert serve_config("--private-to-subscribers").private_to_all_sockets is False
+    assert serve_config("--sparse-order-events").sparse_order_events is True
+    # The demo has none of these flags, and gets the defaults.
+    demo = _sim_config(build_parser().parse_args(["demo"]))
+    assert (demo.candle_intervals, demo.private_to_all_sockets, demo.sparse_order_events) == (
+        tuple(INTERVAL_MS),
+        True,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--candle-intervals", "1m,2m"],
+        ["--candle-intervals", ","],
+        ["--real-intervals", "--candle-intervals", "1m"],
+    ],
+)
+def test_serve_refuses_bad_interval_flags(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["serve", *argv])
+    assert exc.value.code == 2
+    assert "interval" in capsys.readouterr().err

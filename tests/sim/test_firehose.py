@@ -19,6 +19,11 @@ pytestmark = pytest.mark.anyio
 
 WS = aiohttp.ClientWebSocketResponse
 
+#: These tests read nothing but tickers and acks, so they keep the account's portfolio
+#: snapshots (which the real server, and the sim by default, push to every socket of
+#: the key) to sockets subscribed to them.
+FIREHOSE: dict[str, Any] = {"firehose": True, "private_to_all_sockets": False}
+
 
 async def read_tickers(ws: WS, seconds: float) -> list[dict[str, Any]]:
     """Every ticker message received in ``seconds``; fails on anything else."""
@@ -35,7 +40,7 @@ async def read_tickers(ws: WS, seconds: float) -> list[dict[str, Any]]:
 
 
 async def test_firehose_streams_well_formed_tickers_fast(session: aiohttp.ClientSession) -> None:
-    async with fast_sim(firehose=True) as sim, session.ws_connect(sim.ws_url()) as ws:
+    async with fast_sim(**FIREHOSE) as sim, session.ws_connect(sim.ws_url()) as ws:
         await send(ws, {"action": "subscribe", "channel": "ticker_all"})
         first = json.loads((await ws.receive(timeout=2)).data)
         assert first == {"type": "subscribed", "channel": "ticker:all"}
@@ -67,7 +72,7 @@ async def drain_until_ack(ws: WS, kind: str) -> None:
 async def test_firehose_stops_on_unsubscribe_and_does_not_double(
     session: aiohttp.ClientSession,
 ) -> None:
-    async with fast_sim(firehose=True) as sim, session.ws_connect(sim.ws_url()) as ws:
+    async with fast_sim(**FIREHOSE) as sim, session.ws_connect(sim.ws_url()) as ws:
         await send(ws, {"action": "subscribe", "channel": "ticker_all"})
         await drain_until_ack(ws, "subscribed")
         await read_tickers(ws, 0.1)
@@ -93,7 +98,7 @@ def firehose_tasks(sim: SimExchange) -> list[asyncio.Task[object]]:
 
 
 async def test_firehose_mode_still_serves_everything_else(session: aiohttp.ClientSession) -> None:
-    async with fast_sim(firehose=True) as sim, session.ws_connect(sim.ws_url()) as ws:
+    async with fast_sim(**FIREHOSE) as sim, session.ws_connect(sim.ws_url()) as ws:
         await send(ws, {"action": "subscribe", "channel": "orders"})
         assert json.loads((await ws.receive(timeout=2)).data) == {
             "type": "subscribed",
