@@ -10,7 +10,7 @@ Example:
 """
 
 from agentstream.backoff import Backoff
-from agentstream.channels import INTERVALS, Channel
+from agentstream.channels import Channel
 from agentstream.client import AgentExchangeWS, Stats
 from agentstream.errors import (
     AgentStreamError,
@@ -26,6 +26,7 @@ from agentstream.errors import (
     StreamConnectionError,
 )
 from agentstream.models import Candle, Event, Gap, OrderUpdate, Portfolio, Ticker
+from agentstream.protocols.agentexchange import INTERVALS
 
 __version__ = "0.1.0"
 

@@ -30,45 +30,14 @@ from collections import deque
 from typing import Any
 
 import anyio
-import msgspec
-
-from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
-    from agentstream.channels import Channel, ChannelKind
+    from agentstream.channels import Channel
+    from agentstream.protocols.base import Kind
 
 log = logging.getLogger("agentstream")
-
-MODEL_OF_KIND: dict[str, type[Any]] = {
-    "ticker": Ticker,
-    "candles": Candle,
-    "orders": OrderUpdate,
-    "portfolio": Portfolio,
-}
-KIND_OF_MODEL: dict[type[Any], ChannelKind] = {
-    Ticker: "ticker",
-    Candle: "candles",
-    OrderUpdate: "orders",
-    Portfolio: "portfolio",
-}
-DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    kind: msgspec.json.Decoder(model) for kind, model in MODEL_OF_KIND.items()
-}
-dict_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
-
-# Fields the seed page shows on orders that the server sends only when they apply;
-# dict handlers get them as None otherwise, so `data["executed_price"]` never raises.
-_ORDER_OPTIONAL = (
-    "price",
-    "executed_price",
-    "executed_quantity",
-    "fee",
-    "filled_at",
-    "cancelled_at",
-    "rejected_reason",
-)
 
 _BATCH = 256  # events a worker handles before yielding to the event loop
 _SLICE_S = 0.001  # a sync handler's queue is drained for about this long per loop turn
@@ -85,8 +54,8 @@ def _reraise(exc: BaseException) -> None:
     raise exc
 
 
-def first_param_model(fn: Callable[..., Any]) -> type[Any] | None:
-    """The agentstream model the handler's first parameter is annotated with, if any.
+def first_param_model(fn: Callable[..., Any], models: Collection[type[Any]]) -> type[Any] | None:
+    """The one of ``models`` the handler's first parameter is annotated with, if any.
 
     Only the first parameter's annotation is resolved (a string annotation, as under
     ``from __future__ import annotations``, is evaluated in the function's globals), so
@@ -111,14 +80,14 @@ def first_param_model(fn: Callable[..., Any]) -> type[Any] | None:
         try:
             ann = eval(ann, namespace)  # an annotation string of the user's own code
         except Exception:
-            return _model_by_name(ann)
-    return ann if ann in KIND_OF_MODEL else None
+            return _model_by_name(ann, models)
+    return ann if ann in models else None
 
 
-def _model_by_name(name: str) -> type[Any] | None:
+def _model_by_name(name: str, models: Collection[type[Any]]) -> type[Any] | None:
     """Last resort for an annotation that cannot be evaluated: match the model's name."""
     short = name.rsplit(".", 1)[-1]
-    for model in KIND_OF_MODEL:
+    for model in models:
         if model.__name__ == short:
             return model
     return None
@@ -135,27 +104,42 @@ def callable_name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-def conflation_key(event: Any) -> object:
-    """What makes two events interchangeable for a handler that fell behind, or None.
+def conflation_key_for(kind: Kind) -> Callable[[Any], object] | None:
+    """What makes two events of ``kind`` interchangeable for a handler that fell behind.
 
-    Only strings are used from a dict (a hostile ``"symbol": [1]`` must not make the key
-    unhashable); an event of the wrong shape is never conflated.
+    None for a kind that is never conflated; else a function giving an event's symbol
+    (and interval), or None for an event that must be kept (a final one, one of the
+    wrong shape). Only strings are used from a dict (a hostile ``"symbol": [1]`` must
+    not make the key unhashable).
+
+    Example:
+        >>> conflation_key_for(KINDS["candles"])({"symbol": "BTC", "interval": "1m"})
+        ('BTC', '1m')
     """
-    if isinstance(event, dict):
-        symbol = event.get("symbol")
-        if not isinstance(symbol, str):
-            return None
-        if "interval" in event:
-            interval = event["interval"]
-            if event.get("is_closed") or not isinstance(interval, str):
+    if not kind.conflate:
+        return None
+    final = kind.final
+    with_interval = kind.intervals is not None
+
+    def key(event: Any) -> object:
+        if isinstance(event, dict):
+            symbol = event.get("symbol")
+            if not isinstance(symbol, str):
+                return None
+            if not with_interval:
+                return symbol
+            interval = event.get("interval")
+            if (final is not None and event.get(final)) or not isinstance(interval, str):
                 return None
             return (symbol, interval)
-        return symbol
-    if isinstance(event, Ticker):
-        return event.symbol
-    if isinstance(event, Candle):
-        return None if event.is_closed else (event.symbol, event.interval)
-    return None
+        if final is not None and getattr(event, final, False):
+            return None
+        symbol = getattr(event, "symbol", None)
+        if not with_interval:
+            return symbol
+        return (symbol, getattr(event, "interval", None))
+
+    return key
 
 
 class Slot:
@@ -166,7 +150,7 @@ class Slot:
 
     __slots__ = (
         "channel",
-        "conflatable",
+        "conflate",
         "conflated",
         "direct",
         "flight",
@@ -196,10 +180,11 @@ class Slot:
 
     def __init__(
         self,
-        channel: Channel | ChannelKind,
+        channel: Channel | str,
         fn: Callable[[Any], Any] | None,
         *,
         model: type[Any] | None,
+        conflate: Callable[[Any], object] | None = None,
         thread: bool = False,
         partial: bool = False,
         max_queue: int = 10_000,
@@ -211,8 +196,8 @@ class Slot:
         self.is_async = fn is not None and is_async_callable(fn)
         self.thread = thread
         self.partial = partial
-        kind = channel if isinstance(channel, str) else channel.kind
-        self.conflatable = kind in ("ticker", "candles")
+        #: The conflation key of an event (see conflation_key_for), or None: never dropped.
+        self.conflate = conflate
         self.max_queue = max_queue
         self.queue: deque[Any] = deque()
         self.wake = asyncio.Event()
@@ -277,7 +262,7 @@ class Slot:
                 if not runner.ready:
                     runner.wake.set()
                 runner.ready.append(self)
-        elif n >= self.max_queue and self.conflatable:
+        elif n >= self.max_queue and self.conflate is not None:
             self._conflate()
         q.append(event)
 
@@ -297,7 +282,7 @@ class Slot:
                 return
             if not self.scheduled:
                 self._schedule()
-        elif n >= self.max_queue and self.conflatable:
+        elif n >= self.max_queue and self.conflate is not None:
             self._conflate()
         q.append(event)
 
@@ -310,10 +295,11 @@ class Slot:
     def _conflate(self) -> None:
         """Keep the newest event per symbol (closed candles always); count the rest."""
         q = self.queue
+        key_of: Callable[[Any], object] = self.conflate  # type: ignore[assignment]
         seen: set[object] = set()
         kept: deque[Any] = deque()
         for ev in reversed(q):
-            key = conflation_key(ev)
+            key = key_of(ev)
             if key is not None:
                 if key in seen:
                     continue
@@ -508,14 +494,6 @@ class Slot:
             self.report(self, exc, event)
         except Exception:  # reporting must never end the worker
             log.exception("could not report an exception of handler %s", self.name)
-
-    async def next(self) -> Any:
-        """For ``listen()``: the next event, waiting for one."""
-        q = self.queue
-        while not q:
-            self.wake.clear()
-            await self.wake.wait()
-        return q.popleft()
 
     def cancel(self) -> None:
         self.stopped = True
@@ -741,11 +719,20 @@ class HookRunner:
     def __init__(self) -> None:
         self.queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self.wake = asyncio.Event()
+        #: Hook calls dropped because the queue was full (logged as they happen).
         self.dropped = 0
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         if len(self.queue) >= _MAX_HOOK_QUEUE:
-            self.dropped += 1  # a slow hook under a flood of errors must not grow memory
+            # A slow hook under a flood of errors must not grow memory: drop, count, log.
+            self.dropped += 1
+            if self.dropped == 1 or not self.dropped % 1000:
+                log.warning(
+                    "hooks are %d calls behind; dropped %d hook call(s) so far (%s)",
+                    len(self.queue),
+                    self.dropped,
+                    callable_name(fn),
+                )
             return
         self.queue.append((fn, args))
         self.wake.set()

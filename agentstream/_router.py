@@ -22,56 +22,89 @@ from __future__ import annotations
 import logging
 import time
 import typing
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 
-from agentstream._dispatch import (
-    _ORDER_OPTIONAL,
-    _SLOW_HANDLER_S,
-    DECODERS,
-    MODEL_OF_KIND,
-    dict_decoder,
+from agentstream._dispatch import _SLOW_HANDLER_S
+from agentstream.errors import AgentStreamError, DecodeError, ServerError
+from agentstream.models import Gap, _as_datetime
+from agentstream.protocols.base import (
+    Ack,
+    AuthFailed,
+    BadFrame,
+    Data,
+    Heartbeat,
+    Inbound,
+    Noise,
+    Ping,
+    Reconnect,
+    Refused,
 )
-from agentstream.errors import DecodeError
-from agentstream.models import Candle, Gap, _as_datetime
-from agentstream.protocols.agentexchange import PONG, data_key, envelope_decoder, normalize_key
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from agentstream._dispatch import Slot
-    from agentstream._supervisor import Link
-    from agentstream.client import AgentExchangeWS
+    from agentstream.protocols.base import Kind, VenueProtocol
 
-__all__ = ["Route", "Router"]
+__all__ = ["DerivedSink", "FeedTarget", "Route", "Router", "RouterHost"]
 
 log = logging.getLogger("agentstream")
 
 _set = msgspec.structs.force_setattr
-_KINDS = ("ticker", "candles", "orders", "portfolio")
 #: Distinct channel keys kept in ``stats.messages`` for frames nobody subscribed to;
 #: beyond this they are counted under one key, so a hostile server cannot grow memory.
 _MAX_UNROUTED_KEYS = 1000
 _UNROUTED_OVERFLOW = "(other channels)"
 _MAX_KEY_LENGTH = 64
-#: Symbols of ``ticker:all`` remembered for per-symbol counts and gap reports.
+#: Symbols of a wildcard channel (``ticker:all``) remembered for per-symbol counts and
+#: gap reports.
 _MAX_ALL_SYMBOLS = 10_000
 #: Missing candles listed in one gap report at most (the count is always exact).
 _MAX_MISSING_LISTED = 10_000
 #: 8 frames (or a batch's last ones) handled in more than this, 25 µs a frame: a handler
 #: called from the reader was not as fast as its drains showed (20 µs a call).
 _DIRECT_BUDGET_S = 200e-6
-INTERVAL_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
+#: Private events remembered to deliver each once when several sockets receive it.
+_PRIVATE_SEEN = 4096
+
+dict_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
+
+
+class RouterHost(Protocol):
+    """What the router needs from the client: where errors and gaps go, and its logger."""
+
+    log: logging.Logger
+
+    def emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None: ...
+
+    def emit_gap(self, gap: Gap) -> None: ...
+
+
+class FeedTarget(Protocol):
+    """What the router needs from the connection it reads for (a supervisor's link)."""
+
+    index: int
+    gaps: LinkGaps
+    #: Data frames received on the current connection.
+    data_frames: int
+
+    def on_control(self, inbound: Ack | Refused | AuthFailed | Reconnect) -> ServerError | None:
+        """An ack, refusal or end of the connection; a refusal comes back as an error."""
+        ...
 
 
 class Route:
     """Everything the reader needs for one channel key, computed once per change.
 
-    ``push_all`` takes every event, ``push_closed`` only closed candles (for candle
-    handlers registered without ``partial=True``); for other kinds it is empty.
+    ``push_all`` takes every event, ``push_closed`` only final ones (closed candles, for
+    handlers registered without ``partial=True``); for kinds with no final events it is
+    empty.
     ``push`` calls every ``push_all`` (the one handler's own push when there is one).
     """
 
@@ -82,6 +115,7 @@ class Route:
         "kind",
         "last",
         "last_closed",
+        "private",
         "push",
         "push_all",
         "push_closed",
@@ -90,17 +124,20 @@ class Route:
         "push_typed_all",
         "push_typed_closed",
         "solo",
+        "spec",
         "typed_slots",
     )
 
     def __init__(
-        self, key: str, kind: str, dict_slots: tuple[Slot, ...], typed_slots: tuple[Slot, ...]
+        self, key: str, spec: Kind, dict_slots: tuple[Slot, ...], typed_slots: tuple[Slot, ...]
     ) -> None:
         self.key = key
-        self.kind = kind
+        self.spec = spec
+        self.kind = spec.name
+        self.private = spec.private
         self.dict_slots = dict_slots
         self.typed_slots = typed_slots
-        candles = kind == "candles"
+        candles = spec.final is not None  # events that form until a final one
 
         def pushers(slots: tuple[Slot, ...], closed: bool) -> tuple[Callable[[Any], None], ...]:
             return tuple(s.push for s in slots if not candles or s.partial != closed)
@@ -160,35 +197,6 @@ class LinkGaps:
     reconnected_at: datetime | None = None
 
 
-def _frame_type(kind: str, mode: str) -> type[msgspec.Struct]:
-    data: Any = {"dict": dict[str, Any], "typed": MODEL_OF_KIND[kind], "raw": msgspec.Raw}[mode]
-    fields: list[Any] = []
-    if kind in ("ticker", "candles"):
-        fields.append(("symbol", str))
-    if kind == "candles":
-        fields.append(("interval", str))
-    # A frame that also carries a non-null `type` is a control message: refused here, the
-    # slow path handles it.
-    fields += [("data", data), ("type", None, None)]
-    # gc=False: a frame is dropped as soon as its event is taken out, so it is never part
-    # of a reference cycle; not tracking it saves the collector's work (about 20 ns).
-    return msgspec.defstruct(
-        f"_{kind}_{mode}_frame", fields, tag_field="channel", tag=kind, gc=False
-    )
-
-
-_FRAME_TYPES = {(k, m): _frame_type(k, m) for k in _KINDS for m in ("dict", "typed", "raw")}
-_DECODER_CACHE: dict[tuple[str, ...], msgspec.json.Decoder[Any]] = {}
-
-
-def _decoder(modes: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
-    dec = _DECODER_CACHE.get(modes)
-    if dec is None:
-        members = tuple(_FRAME_TYPES[k, m] for k, m in zip(_KINDS, modes, strict=True))
-        dec = _DECODER_CACHE[modes] = msgspec.json.Decoder(typing.Union[members])  # noqa: UP007
-    return dec
-
-
 def _as_time(value: Any) -> datetime | None:
     """An exchange timestamp (ISO string, epoch int or datetime) as an aware datetime."""
     try:
@@ -212,10 +220,11 @@ def _unraw(event: Any) -> Any:
     return plain if isinstance(plain, dict) else None
 
 
-def event_time(kind: str, event: Any) -> datetime | None:
-    """The exchange timestamp of an event in any representation, or None."""
+def event_time(spec: Kind, event: Any) -> datetime | None:
+    """The exchange timestamp of an event in any representation (the latest of the
+    kind's time fields present), or None."""
     event = _unraw(event)
-    if event is None:
+    if event is None or not spec.time_fields:
         return None
     get: Callable[[str], Any]
     if isinstance(event, dict):
@@ -225,27 +234,26 @@ def event_time(kind: str, event: Any) -> datetime | None:
         def get(name: str) -> Any:
             return getattr(event, name, None)
 
-    if kind == "candles":
-        return _as_time(get("open_time") if get("open_time") is not None else get("time"))
-    if kind == "orders":
-        times = [t for t in (_as_time(get("filled_at")), _as_time(get("cancelled_at"))) if t]
-        return max(times) if times else None
-    return _as_time(get("timestamp"))
+    times = [t for t in (_as_time(get(name)) for name in spec.time_fields) if t is not None]
+    return max(times) if times else None
 
 
-def _candle_closed(event: Any) -> bool:
+def is_final(spec: Kind, event: Any) -> bool:
+    """Whether ``event`` is the final one of what it updates (a closed candle)."""
+    name = spec.final
+    if name is None:
+        return True
     event = _unraw(event)
     if isinstance(event, dict):
-        return bool(event.get("is_closed"))
-    if isinstance(event, Candle):
-        return event.is_closed
-    return False
+        return bool(event.get(name))
+    return bool(getattr(event, name, False))
 
 
 def missing_candles(
-    interval: str, last: Any, last_closed: Any, first_after: Any
+    spec: Kind, interval: str, last: Any, last_closed: Any, first_after: Any
 ) -> tuple[int, tuple[datetime, ...]]:
-    """How many candles, and which (by open time), no closed update arrived for.
+    """How many periods of ``interval`` (candles), and which (by open time), no final
+    update arrived for.
 
     They run from the candle that was forming when the channel went down (or, if the
     last candle seen was closed, the one after it) up to, not including, the first
@@ -253,17 +261,17 @@ def missing_candles(
     ``_MAX_MISSING_LISTED`` open times.
 
     Example:
-        >>> missing_candles("1m", last_forming_at_10_05, closed_at_10_04, first_at_10_08)
+        >>> missing_candles(candles, "1m", forming_at_10_05, closed_at_10_04, first_at_10_08)
         (3, (10:05, 10:06, 10:07))
     """
-    step = INTERVAL_SECONDS.get(interval)
-    after = event_time("candles", first_after)
+    step = (spec.intervals or {}).get(interval)
+    after = event_time(spec, first_after)
     if step is None or after is None:
         return 0, ()
-    last_at = event_time("candles", last)
-    closed_at = event_time("candles", last_closed)
+    last_at = event_time(spec, last)
+    closed_at = event_time(spec, last_closed)
     try:
-        if last_at is not None and not _candle_closed(last):
+        if last_at is not None and not is_final(spec, last):
             start = last_at
         elif last_at is not None:
             start = last_at + timedelta(seconds=step)
@@ -282,24 +290,56 @@ def missing_candles(
     return n, listed
 
 
-class Router:
-    """Decodes frames and pushes events to handler queues; counts everything it sees."""
+def complete_dict(spec: Kind, plain: dict[str, Any], symbol: Any, interval: Any) -> None:
+    """The flat dict handlers get: symbol and interval merged in, aliases and defaults set."""
+    if spec.symbol:
+        plain["symbol"] = symbol
+    if spec.intervals is not None:
+        plain["interval"] = interval
+    for a, b in spec.aliases:
+        if a not in plain:
+            plain[a] = plain.get(b)
+        elif b not in plain:
+            plain[b] = plain[a]
+    for name in spec.defaults:
+        plain.setdefault(name, None)
 
-    def __init__(self, client: AgentExchangeWS) -> None:
-        self.client = client
-        self.tickers: dict[str, Route] = {}
-        self.candles: dict[str, Route] = {}
-        self.orders: Route | None = None
-        self.portfolio: Route | None = None
-        self.ticker_all: Route | None = None
+
+class Router:
+    """Decodes frames and pushes events to handler queues; counts everything it sees.
+
+    It knows the venue only through its protocol object: the kinds, the fast decoder and
+    :meth:`~agentstream.protocols.base.VenueProtocol.classify` for everything else.
+    """
+
+    def __init__(self, host: RouterHost, protocol: VenueProtocol) -> None:
+        self.host = host
+        self.protocol = protocol
+        self.kinds = protocol.kinds
+        self.decoders = {
+            name: msgspec.json.Decoder(spec.model)
+            for name, spec in self.kinds.items()
+            if spec.model is not None
+        }
+        self.frame_kinds = protocol.frame_kinds()
+        #: Per kind that names symbols (and no interval): symbol -> route.
+        self.symbols: dict[str, dict[str, Route]] = {}
+        #: Per kind: the route of its wildcard channel (``ticker:all``), if wanted.
+        self.wild: dict[str, Route] = {}
         self.routes: dict[str, Route] = {}
-        self._all_symbols = 0
-        self.decode: Callable[[str | bytes], Any] = _decoder(("raw",) * 4).decode
+        self._wild_symbols = 0
+        self.decode: Callable[[str | bytes], Any] = self._fast({})
+        #: Deliver each private event once: on while more than one socket is open.
+        self.dedup_private = False
+        self._seen: set[bytes] = set()
+        self._seen_order: deque[bytes] = deque()
         # Counters (read by ws.stats).
         self.unrouted: dict[str, int] = {}
         self.retired_counts: dict[str, int] = {}
         self.control = 0
         self.pings = 0
+        self.heartbeats = 0
+        self.duplicates = 0
         self.dropped = 0
         self.invalid = 0
         self.server_errors = 0
@@ -310,6 +350,12 @@ class Router:
         self._warned_slow = False
         self._drop_logged_at = -1e9
         self._drops_unlogged = 0
+
+    def _fast(self, modes: dict[str, str]) -> Callable[[str | bytes], Any]:
+        decode = self.protocol.fast_decoder(modes)
+        if decode is None:
+            return _refuse
+        return decode
 
     # -- the routing table (loop thread, under the client's lock) ---------------------
 
@@ -322,56 +368,65 @@ class Router:
                 new.inherit(route)
             elif route.count and key not in routes:
                 self._retire_count(key, route.count)
-        all_route = routes.get("ticker:all")
-        tickers: dict[str, Route] = {}
-        candles: dict[str, Route] = {}
+        wild: dict[str, Route] = {}
+        for route in routes.values():
+            spec = route.spec
+            if spec.wildcard is not None and route.key == f"{spec.name}:{spec.wildcard}":
+                wild[spec.name] = route
+        symbols: dict[str, dict[str, Route]] = {
+            name: {} for name, spec in self.kinds.items() if spec.symbol and not spec.intervals
+        }
         for key, route in routes.items():
-            if route.kind == "ticker" and key != "ticker:all":
-                if all_route is not None:
-                    # Single tickers ride on ticker:all (not subscribed on the wire): one
-                    # route per symbol with both sets of handlers, so a trade is decoded once.
-                    merged = Route(
-                        key,
-                        "ticker",
-                        route.dict_slots + all_route.dict_slots,
-                        route.typed_slots + all_route.typed_slots,
-                    )
-                    merged.inherit(route)
-                    route = merged
-                    routes[key] = route
-                tickers[key.split(":", 1)[1]] = route
-            elif route.kind == "candles":
-                candles[key] = route
-        # Symbols first seen on ticker:all keep their counts and last events.
-        lazily_made = 0
-        for sym, old_route in self.tickers.items():
-            if old_route.key in old:
-                continue  # configured before: inherited above
-            if sym in tickers:  # first seen on ticker:all, now with handlers of its own
-                tickers[sym].inherit(old_route)
+            table = symbols.get(route.kind)
+            all_route = wild.get(route.kind)
+            if table is None or route is all_route:
                 continue
-            if all_route is not None and lazily_made < _MAX_ALL_SYMBOLS:
-                kept = Route(old_route.key, "ticker", all_route.dict_slots, all_route.typed_slots)
-                kept.inherit(old_route)
-                tickers[sym] = kept
-                lazily_made += 1
-            elif old_route.count:
-                self._retire_count(old_route.key, old_route.count)
+            if all_route is not None:
+                # Single symbols ride on the wildcard channel (not subscribed on the wire):
+                # one route per symbol with both sets of handlers, so an event is decoded once.
+                merged = Route(
+                    key,
+                    route.spec,
+                    route.dict_slots + all_route.dict_slots,
+                    route.typed_slots + all_route.typed_slots,
+                )
+                merged.inherit(route)
+                route = merged
+                routes[key] = route
+            table[key.split(":", 1)[1]] = route
+        # Symbols first seen on a wildcard channel keep their counts and last events.
+        lazily_made = 0
+        for name, old_table in self.symbols.items():
+            table = symbols.get(name, {})
+            all_route = wild.get(name)
+            for sym, old_route in old_table.items():
+                if old_route.key in old:
+                    continue  # configured before: inherited above
+                if sym in table:  # first seen on the wildcard, now with handlers of its own
+                    table[sym].inherit(old_route)
+                    continue
+                if all_route is not None and lazily_made < _MAX_ALL_SYMBOLS:
+                    kept = Route(
+                        old_route.key, old_route.spec, all_route.dict_slots, all_route.typed_slots
+                    )
+                    kept.inherit(old_route)
+                    table[sym] = kept
+                    lazily_made += 1
+                elif old_route.count:
+                    self._retire_count(old_route.key, old_route.count)
         self.routes = routes
-        self.tickers = tickers
-        self.candles = candles
-        self.ticker_all = all_route
-        self._all_symbols = lazily_made
-        self.orders = routes.get("orders")
-        self.portfolio = routes.get("portfolio")
-        wants: dict[str, set[str]] = {k: set() for k in _KINDS}
+        self.symbols = symbols
+        self.wild = wild
+        self._wild_symbols = lazily_made
+        wants: dict[str, set[str]] = {k: set() for k in self.kinds}
         for route in routes.values():
             if route.dict_slots:
                 wants[route.kind].add("dict")
             if route.typed_slots:
                 wants[route.kind].add("typed")
-        modes = tuple(next(iter(w)) if len(w) == 1 else "raw" for w in wants.values())
-        self.decode = _decoder(modes).decode
+        self.decode = self._fast(
+            {k: next(iter(w)) if len(w) == 1 else "raw" for k, w in wants.items()}
+        )
 
     def note_frame_time(self, at: float) -> None:
         """Remember a link's last frame time when it closes (for ``last_message_age``)."""
@@ -391,7 +446,8 @@ class Router:
             out[key] = out.get(key, 0) + n
         routes = dict(self.routes)
         live = list(routes.values())
-        live += [r for r in list(self.tickers.values()) if r.key not in routes]  # ticker:all's
+        for table in list(self.symbols.values()):
+            live += [r for r in list(table.values()) if r.key not in routes]  # wildcard's
         for route in live:
             if route.count:
                 out[route.key] = out.get(route.key, 0) + route.count
@@ -399,12 +455,12 @@ class Router:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def feed_for(self, link: Link) -> Callable[[list[str | bytes]], list[str] | None]:
+    def feed_for(self, link: FeedTarget) -> Callable[[list[str | bytes]], list[str] | None]:
         """The reader's callback for ``link``: takes a batch of frames, in the order they
         arrived, and returns the replies to send back (pongs), or None."""
         gaps = link.gaps
-        ticker_dict = _FRAME_TYPES["ticker", "dict"]
-        ticker_typed = _FRAME_TYPES["ticker", "typed"]
+        hot = self.protocol.hot_kind
+        hot_dict, hot_typed = _hot_pair(self.frame_kinds, hot)
         set_attr = _set
         monotonic = time.monotonic
 
@@ -412,9 +468,11 @@ class Router:
             replies: list[str] | None = None
             # The table is replaced only between batches: handlers change on the loop,
             # and a change made from a handler called below is applied after the batch
-            # (``feeding``, see AgentExchangeWS._schedule_sync). So look it up once.
+            # (``feeding``, see StreamClient._schedule_reconcile). So look it up once.
             decode = self.decode
-            tickers = self.tickers
+            tickers = self.symbols.get(hot) if hot is not None else None
+            if tickers is None:
+                tickers = {}
             others = 0
             # Gaps open only when a link goes down (Link.run, never during a batch) and
             # close in _generic or in _slow (an event it delivers, a channel a control
@@ -443,15 +501,15 @@ class Router:
                                     self._demote(0.0)
                                 continue
                             cls = type(frame)
-                            # The firehose's case inlined: a ticker of a routed symbol, no
-                            # gap pending.
-                            if (cls is ticker_dict or cls is ticker_typed) and gap_free:
+                            # The firehose's case inlined: an event of the hot kind for a
+                            # routed symbol, no gap pending.
+                            if (cls is hot_dict or cls is hot_typed) and gap_free:
                                 sym = frame.symbol
                                 route = tickers.get(sym)
                                 if route is not None:
                                     route.count += 1
                                     ev = frame.data
-                                    if cls is ticker_dict:
+                                    if cls is hot_dict:
                                         ev["symbol"] = sym
                                     else:
                                         set_attr(ev, "symbol", sym)
@@ -500,30 +558,31 @@ class Router:
                 slot.direct = False
         if direct and took > _SLOW_HANDLER_S and not self._warned_slow:
             self._warned_slow = True
-            self.client.log.warning(
+            self.host.log.warning(
                 "sync handlers called from the reader blocked the event loop for %.2f s; "
                 "they go back to their queues (pass thread=True to a handler that blocks)",
                 took,
             )
 
-    def _ticker_route(self, sym: str) -> Route | None:
-        """The route of a symbol with no route yet: one of ticker:all's, or None."""
+    def _symbol_route(self, spec: Kind, sym: str) -> Route | None:
+        """The route of a symbol with no route yet: one of the wildcard's, or None."""
         if not sym:
-            self.bad_frame("a ticker frame with an empty symbol", '{"channel":"ticker",...}')
+            self.bad_frame(f"a {spec.name} frame with an empty symbol", b"")
             return None
-        key = f"ticker:{sym}"
-        all_route = self.ticker_all
+        key = f"{spec.name}:{sym}"
+        all_route = self.wild.get(spec.name)
         if all_route is None:
             self._count_unrouted(key)
             return None
-        if len(key) > _MAX_KEY_LENGTH or self._all_symbols >= _MAX_ALL_SYMBOLS:
+        if len(key) > _MAX_KEY_LENGTH or self._wild_symbols >= _MAX_ALL_SYMBOLS:
             # No symbol is that long, and no exchange lists that many: deliver the event
-            # to ticker:all's handlers but remember nothing per symbol (memory stays bounded).
+            # to the wildcard's handlers but remember nothing per symbol (memory stays
+            # bounded).
             self._count_unrouted(key)
-            return Route(key, "ticker", all_route.dict_slots, all_route.typed_slots)
-        route = Route(key, "ticker", all_route.dict_slots, all_route.typed_slots)
-        self._all_symbols += 1
-        self.tickers[sym] = route
+            return Route(key, spec, all_route.dict_slots, all_route.typed_slots)
+        route = Route(key, spec, all_route.dict_slots, all_route.typed_slots)
+        self._wild_symbols += 1
+        self.symbols[spec.name][sym] = route
         return route
 
     def _count_unrouted(self, key: str) -> None:
@@ -532,99 +591,109 @@ class Router:
             key = _UNROUTED_OVERFLOW
         counts[key] = counts.get(key, 0) + 1
 
-    def _generic(self, frame: Any, link: Link) -> None:
-        """Every kind and representation not specialised above (candles, orders, ...)."""
-        kind: str = frame.__struct_config__.tag
+    def _route(self, spec: Kind, symbol: str | None, interval: str | None) -> Route | None:
+        """The route of an event of ``spec`` for ``symbol`` / ``interval``, or None."""
+        table = self.symbols.get(spec.name)
+        if table is not None:
+            return table.get(symbol or "") or self._symbol_route(spec, symbol or "")
+        if spec.symbol and (not symbol or (spec.intervals is not None and not interval)):
+            self.bad_frame(f"a {spec.name} frame without its symbol or interval", b"")
+            return None
+        if not spec.symbol:
+            key = spec.name
+        elif spec.intervals is None:
+            key = f"{spec.name}:{symbol}"
+        else:
+            key = f"{spec.name}:{symbol}:{interval}"
+        route = self.routes.get(key)
+        if route is None:
+            self._count_unrouted(key)
+        return route
+
+    def _generic(self, frame: Any, link: FeedTarget) -> None:
+        """Every kind and representation not inlined above (candles, orders, ...)."""
+        kind, _mode = self.frame_kinds[type(frame)]
+        spec = self.kinds[kind]
         symbol = getattr(frame, "symbol", None)
         interval = getattr(frame, "interval", None)
-        if kind == "ticker":
-            route = self.tickers.get(symbol or "") or self._ticker_route(symbol or "")
-        elif kind == "candles":
-            if not symbol or not interval:
-                self.bad_frame("a candle frame without symbol or interval", b"")
-                return
-            key = f"candles:{symbol}:{interval}"
-            route = self.candles.get(key)
-            if route is None:
-                self._count_unrouted(key)
-        else:
-            route = self.orders if kind == "orders" else self.portfolio
-            if route is None:
-                self._count_unrouted(kind)
+        route = self._route(spec, symbol, interval)
         if route is None:
             return
         data = frame.data
         if isinstance(data, msgspec.Raw):
             self._deliver_raw(route, symbol, interval, data, link)
             return
+        if route.private and self.dedup_private and self._duplicate(_encode(data)):
+            return
         route.count += 1
         if isinstance(data, dict):
-            self._complete_dict(kind, data, symbol, interval)
+            complete_dict(spec, data, symbol, interval)
         elif symbol is not None:
             _set(data, "symbol", symbol)
             if interval is not None:
                 _set(data, "interval", interval)
         self._push(route, data, link)
 
-    def _push(self, route: Route, ev: Any, link: Link) -> None:
+    def _duplicate(self, content: bytes) -> bool:
+        """Whether this private event was delivered already (received on another socket)."""
+        seen = self._seen
+        if content in seen:
+            self.duplicates += 1
+            return True
+        seen.add(content)
+        order = self._seen_order
+        order.append(content)
+        if len(order) > _PRIVATE_SEEN:
+            seen.discard(order.popleft())
+        return False
+
+    def _push(self, route: Route, ev: Any, link: FeedTarget) -> None:
         if link.gaps.open:
             self._gap_end(link, route, ev)
         route.last = ev
         # Decided before any handler runs (one may be called from here and change a dict).
-        closed = route.kind == "candles" and _candle_closed(ev)
+        closed = route.spec.final is not None and is_final(route.spec, ev)
         route.push(ev)
         if closed:
             route.last_closed = ev
             for push in route.push_closed:
                 push(ev)
 
-    @staticmethod
-    def _complete_dict(kind: str, plain: dict[str, Any], symbol: Any, interval: Any) -> None:
-        """The seed page's flat dict: symbol and interval merged in, both spellings set."""
-        if kind == "ticker":
-            plain["symbol"] = symbol
-        elif kind == "candles":
-            plain["symbol"] = symbol
-            plain["interval"] = interval
-            if "open_time" not in plain:
-                plain["open_time"] = plain.get("time")
-            elif "time" not in plain:
-                plain["time"] = plain["open_time"]
-        elif kind == "orders":
-            for name in _ORDER_OPTIONAL:
-                plain.setdefault(name, None)
-        else:
-            plain.setdefault("roi_pct", None)
-
     # -- the slow path: everything the fast decoder refused ---------------------------
 
-    def _slow(self, link: Link, data: str | bytes) -> str | None:
-        try:
-            env = envelope_decoder.decode(data)
-        except Exception as exc:  # not JSON, wrong shape, too deep, not UTF-8, ...
-            self.bad_frame(_why(exc, "not a JSON object"), data)
+    def _slow(self, link: FeedTarget, data: str | bytes) -> str | None:
+        inbound: Inbound = self.protocol.classify(data)
+        if isinstance(inbound, Data):
+            link.data_frames += 1
+            spec = self.kinds.get(inbound.kind)
+            if spec is None:
+                self.bad_frame(f"no kind {inbound.kind!r}", data)
+                return None
+            route = self._route(spec, inbound.symbol, inbound.interval)
+            if route is not None:
+                self._deliver_raw(
+                    route, inbound.symbol, inbound.interval, inbound.payload, link, data
+                )
             return None
-        if env.type is not None:
-            return self._control(link, env)
-        key = data_key(env)
-        raw = env.data
-        if key is None or not raw:
-            self.bad_frame("no known channel or no data", data)
+        if isinstance(inbound, BadFrame):
+            self.bad_frame(inbound.why, data)
             return None
-        link.data_frames += 1
-        kind = env.channel
-        route: Route | None
-        if kind == "ticker":
-            route = self.tickers.get(env.symbol or "")
-            if route is None:
-                route = self._ticker_route(env.symbol or "")
+        self.control += 1
+        if isinstance(inbound, Ping):
+            self.pings += 1
+            return inbound.reply
+        if isinstance(inbound, Heartbeat):
+            self.heartbeats += 1
+        elif isinstance(inbound, Noise):
+            self.host.log.debug("ignored a control message of type %r", inbound.what)
         else:
-            route = self.routes.get(key)
-            if route is None:
-                self._count_unrouted(key)
-        if route is None:
-            return None
-        self._deliver_raw(route, env.symbol, env.interval, raw, link, data)
+            err = link.on_control(inbound)
+            if err is not None:
+                self.server_errors += 1
+                self.host.log.warning("server error on connection %d: %s", link.index + 1, err)
+                self.host.emit_error(
+                    err, {"channel": err.channel, "code": err.code, "link": link.index}
+                )
         return None
 
     def _deliver_raw(
@@ -633,14 +702,17 @@ class Router:
         symbol: str | None,
         interval: str | None,
         raw: msgspec.Raw,
-        link: Link,
+        link: FeedTarget,
         data: str | bytes | None = None,
     ) -> None:
         """Decode ``raw`` once per representation the route's handlers want, then push.
 
         Counts the frame as the route's message unless it is dropped as malformed.
         """
-        kind = route.kind
+        spec = route.spec
+        kind = spec.name
+        if route.private and self.dedup_private and self._duplicate(bytes(raw)):
+            return
         plain: Any = None
         typed: Any = None
         if route.dict_slots:
@@ -652,24 +724,24 @@ class Router:
             if type(plain) is not dict:
                 self.bad_frame("data is not an object", data or bytes(raw))
                 return
-            self._complete_dict(kind, plain, symbol, interval)
+            complete_dict(spec, plain, symbol, interval)
         # A frame is counted once: dropped above, or a message from here on (an event
         # that then fails a typed model is a message and also an invalid event).
         route.count += 1
         if route.typed_slots:
             try:
-                typed = DECODERS[kind].decode(raw)
+                typed = self.decoders[kind].decode(raw)
             except Exception as exc:
                 self.invalid += 1
                 self.log_drop("dropped an invalid %s event: %s", kind, exc)
-                self.client._emit_error(
+                self.host.emit_error(
                     DecodeError(f"invalid {kind} event: {exc}", frame=_snippet(data or raw)),
                     {"stage": "decode", "channel": kind},
                 )
             else:
-                if symbol is not None and kind in ("ticker", "candles"):
+                if symbol is not None and spec.symbol:
                     _set(typed, "symbol", symbol)
-                    if kind == "candles":
+                    if interval is not None and spec.intervals is not None:
                         _set(typed, "interval", interval)
         event = plain if plain is not None else typed
         if event is None and not (route.dict_slots or route.typed_slots):
@@ -679,8 +751,8 @@ class Router:
         if link.gaps.open:
             self._gap_end(link, route, event)
         route.last = event
-        closed = kind != "candles" or _candle_closed(event)
-        if kind == "candles" and closed:
+        closed = is_final(spec, event)
+        if spec.final is not None and closed:
             route.last_closed = event
         for ev, pushes_all, pushes_closed in (
             (plain, route.push_dict_all, route.push_dict_closed),
@@ -694,34 +766,13 @@ class Router:
                 for push in pushes_closed:
                     push(ev)
 
-    def _control(self, link: Link, env: Any) -> str | None:
-        self.control += 1
-        kind = env.type
-        if kind == "ping":
-            self.pings += 1
-            return PONG
-        if kind in ("subscribed", "unsubscribed"):
-            link.on_ack(kind, normalize_key(env.channel))
-        elif kind == "error":
-            self.server_errors += 1
-            err = link.on_error(
-                str(env.code or "UNKNOWN"), str(env.message or ""), normalize_key(env.channel)
-            )
-            self.client.log.warning("server error on link %d: %s", link.index, err)
-            self.client._emit_error(
-                err, {"channel": err.channel, "code": err.code, "link": link.index}
-            )
-        elif kind != "pong":
-            self.client.log.debug("ignored a control message of type %r", kind)
-        return None
-
     # -- drops ------------------------------------------------------------------------
 
     def bad_frame(self, why: str, data: str | bytes) -> None:
         self.dropped += 1
         snippet = _snippet(data)
         self.log_drop("dropped a frame (%s): %r", why, snippet)
-        self.client._emit_error(
+        self.host.emit_error(
             DecodeError(f"dropped a frame: {why}", frame=snippet), {"stage": "decode"}
         )
 
@@ -735,62 +786,117 @@ class Router:
             msg += f" (and {self._drops_unlogged} more since the last warning)"
         self._drop_logged_at = now
         self._drops_unlogged = 0
-        self.client.log.warning(msg, *args)
+        self.host.log.warning(msg, *args)
 
     # -- gaps -------------------------------------------------------------------------
 
-    def link_down(self, link: Link, reason: str) -> None:
-        """The channels ``link`` carried are down from now until their next event."""
+    def link_down(self, gaps: LinkGaps, keys: Iterable[str], reason: str) -> None:
+        """The channels ``keys`` are down from now until their next event."""
         now = datetime.now(UTC)
-        gaps = link.gaps.open
-        for key in link.sent & set(link.channels):
-            if key in gaps:
+        opened = gaps.open
+        for key in keys:
+            if key in opened:
                 continue  # still down since an earlier disconnect: keep its start
             route = self.routes.get(key)
             last = route.last if route is not None else None
             last_closed = route.last_closed if route is not None else None
-            if key == "ticker:all":
-                last = self._latest_ticker()
-            gaps[key] = GapStart(now, reason, last, last_closed)
+            if route is not None and route is self.wild.get(route.kind):
+                last = self._latest(route.spec)
+            opened[key] = GapStart(now, reason, last, last_closed)
 
-    def link_up(self, link: Link) -> None:
-        link.gaps.reconnected_at = datetime.now(UTC)
-
-    def _latest_ticker(self) -> Any:
+    def _latest(self, spec: Kind) -> Any:
+        """The latest event of any symbol of ``spec`` (for a wildcard channel's gap)."""
         best: Any = None
         best_at: datetime | None = None
-        for route in self.tickers.values():
-            at = event_time("ticker", route.last)
+        for route in self.symbols.get(spec.name, {}).values():
+            at = event_time(spec, route.last)
             if at is not None and (best_at is None or at > best_at):
                 best, best_at = route.last, at
         return best
 
-    def _gap_end(self, link: Link, route: Route, event: Any) -> None:
+    def _gap_end(self, link: FeedTarget, route: Route, event: Any) -> None:
         gaps = link.gaps.open
         key = route.key
+        spec = route.spec
         start = gaps.pop(key, None)
-        if start is None and route.kind == "ticker":
-            key = "ticker:all"
+        if start is None and spec.wildcard is not None:
+            key = f"{spec.name}:{spec.wildcard}"
             start = gaps.pop(key, None)
         if start is None:
             return
-        kind = route.kind
         n_missing, missing = 0, cast("tuple[datetime, ...]", ())
-        if kind == "candles":
+        if spec.intervals is not None and spec.final is not None:
             interval = key.rsplit(":", 1)[-1]
-            n_missing, missing = missing_candles(interval, start.last, start.last_closed, event)
+            n_missing, missing = missing_candles(
+                spec, interval, start.last, start.last_closed, event
+            )
         gap = Gap(
             channel=key,
             disconnected_at=start.disconnected_at,
             reconnected_at=link.gaps.reconnected_at or datetime.now(UTC),
-            last_event_at=event_time(kind, start.last),
-            first_event_at=event_time(kind, event),
+            last_event_at=event_time(spec, start.last),
+            first_event_at=event_time(spec, event),
             missing_candles=missing,
             missing_candle_count=n_missing,
             reason=start.reason,
         )
         self.gaps += 1
-        self.client._emit_gap(gap)
+        self.host.emit_gap(gap)
+
+
+class DerivedSink:
+    """A handler-like sink on a source route: its events go through ``derive`` (an
+    aggregator) and what comes out goes to the target route's handlers.
+
+    It sits in the source route's slots like a handler that takes every update
+    (``partial``), is never called from the reader directly and has no queue.
+    """
+
+    __slots__ = ("direct", "fn", "inline", "model", "partial", "push", "queue", "stopped")
+
+    def __init__(self, derive: Callable[[Any], list[Any]], target: Route, typed: bool) -> None:
+        self.partial = True
+        self.inline = False
+        self.direct = False
+        self.stopped = False
+        self.queue: tuple[()] = ()
+        self.fn = None
+        self.model = None
+        spec = target.spec
+        pushes_all = target.push_typed_all if typed else target.push_dict_all
+        pushes_closed = target.push_typed_closed if typed else target.push_dict_closed
+
+        def push(event: Any) -> None:
+            for out in derive(event):
+                target.count += 1
+                target.last = out
+                closed = is_final(spec, out)
+                if closed:
+                    target.last_closed = out
+                for one in pushes_all:
+                    one(out)
+                if closed:
+                    for one in pushes_closed:
+                        one(out)
+
+        self.push = push
+
+
+def _refuse(data: str | bytes) -> Any:
+    """The fast decoder of a protocol that has none: everything takes the slow path."""
+    raise ValueError("no fast decoder")
+
+
+def _hot_pair(
+    frame_kinds: dict[type[Any], tuple[str, str]] | Any, hot: str | None
+) -> tuple[Any, Any]:
+    """The dict and typed frame classes of the hot kind (or two that match nothing)."""
+    by_mode = {m: c for c, (k, m) in frame_kinds.items() if k == hot}
+    return by_mode.get("dict", _Never), by_mode.get("typed", _Never)
+
+
+class _Never:
+    """A class no decoded frame has."""
 
 
 def _why(exc: BaseException, default: str) -> str:

@@ -1,8 +1,14 @@
 """Connection supervision: one *link* per WebSocket, each carrying up to N channels.
 
-A link connects, subscribes exactly the channels assigned to it, reads until the socket
-ends (answering pings, watched by a liveness watchdog), and reconnects with backoff.
-An authentication failure is fatal and ends the whole client.
+A link prepares a socket (the venue's pre-connect step, then the handshake), sends the
+venue's opening messages and waits for their acks where the venue asks, subscribes
+exactly the channels assigned to it, sends the venue's periodic messages, reads until
+the socket ends (answering pings, watched by a liveness watchdog), and reconnects with
+backoff. An authentication failure is fatal and ends the whole client (after one retry
+with a fresh credential where the venue says a fresh one may be accepted).
+
+A link talks to the client only through :class:`LinkHost` and a frozen
+:class:`LinkConfig`; it knows the venue only through its protocol object.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 import typing
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import anyio
 
@@ -24,17 +31,19 @@ from agentstream.errors import (
     StaleConnectionError,
     StreamConnectionError,
 )
-from agentstream.protocols.agentexchange import (
-    AUTH_CLOSE_CODES,
-    subscribe_message,
-    unsubscribe_message,
-)
-from agentstream.transport import CloseInfo, Connection
+from agentstream.protocols.base import Ack, AuthFailed, Reconnect, Refused
 
 if typing.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from agentstream._router import Router
     from agentstream.backoff import Backoff
     from agentstream.channels import Channel
-    from agentstream.client import AgentExchangeWS
+    from agentstream.errors import AgentStreamError
+    from agentstream.protocols.base import Outgoing, VenueProtocol
+    from agentstream.transport import CloseInfo, Connection
+
+__all__ = ["Link", "LinkConfig", "LinkHost"]
 
 log = logging.getLogger("agentstream")
 
@@ -42,43 +51,109 @@ log = logging.getLogger("agentstream")
 _PROVEN_AFTER = 1.0
 
 
-@dataclass
-class LinkStats:
-    connects: int = 0
-    reconnects: int = 0
-    failed_attempts: int = 0
+@dataclass(frozen=True)
+class LinkConfig:
+    """What every link of a client shares: the venue and the timing."""
+
+    protocol: VenueProtocol
+    stale_timeout: float
+    close_timeout: float
+    healthy_after: float
+    new_backoff: Callable[[], Backoff]
+
+
+class LinkHost(typing.Protocol):
+    """What a link needs from its client (and nothing more)."""
+
+    #: Set once a link's server has accepted the credentials (extra links wait for it).
+    first_connected: asyncio.Event
+
+    async def token(self, *, fresh: bool = False) -> str:
+        """The current credential; ``fresh`` asks its source for a new one."""
+        ...
+
+    async def open_socket(self, token: str) -> Connection:
+        """Prepare and open one socket (pre-connect step, handshake).
+
+        Raises:
+            AuthenticationError: the credentials were refused (fatal).
+            StreamConnectionError: anything else that failed (retried).
+        """
+        ...
+
+    def channel(self, key: str) -> Channel | None:
+        """A channel the client knows, by key."""
+        ...
+
+    def link_up(self, link: Link, reconnect: bool) -> None: ...
+
+    def link_ready(self, link: Link) -> None:
+        """``link`` has sent its subscriptions."""
+        ...
+
+    def link_down(self, link: Link, reason: str) -> None: ...
+
+    def link_proven(self, link: Link) -> None: ...
+
+    def refused(self, link: Link, key: str, effect: str) -> bool:
+        """The server refused ``key`` (``invalid`` or ``limit``); True if the client
+        took care of it (moved the channel, or builds it from another)."""
+        ...
+
+    def connect_failed(self, link: Link) -> None: ...
+
+    def emit_error(self, exc: AgentStreamError, context: dict[str, typing.Any]) -> None: ...
 
 
 class Link:
     """One supervised WebSocket and the channels assigned to it."""
 
-    def __init__(self, client: AgentExchangeWS, index: int) -> None:
-        self.client = client
+    def __init__(self, host: LinkHost, router: Router, config: LinkConfig, index: int) -> None:
+        self.host = host
+        self.router = router
+        self.config = config
+        self.protocol = config.protocol
         self.index = index
         #: Channels this link should carry, by key.
         self.channels: dict[str, Channel] = {}
         #: Channels subscribed on the current connection (sent, not unsubscribed).
         self.sent: set[str] = set()
         self.acked: set[str] = set()
-        #: Channels the server refused (INVALID_CHANNEL): not sent again.
+        #: Channels the server refused for good (an ``invalid`` refusal): not sent again.
         self.rejected: set[str] = set()
         #: Subscribes awaiting an ack, oldest first, to attribute errors that name no channel.
         self.pending: deque[str] = deque()
+        #: Messages awaiting an ack, by request id.
+        self.requests: dict[int, Outgoing] = {}
         self.conn: Connection | None = None
         self.dirty = asyncio.Event()
-        self.stats = LinkStats()
-        self.state = "idle"
         self.retired = False
-        self.last_close: CloseInfo | None = None
         self.ready = asyncio.Event()
+        #: Set when the opening message that must be acked first was acked.
+        self.opened = asyncio.Event()
         #: Data frames received on the current connection.
         self.data_frames = 0
         #: time.monotonic() of the last text or binary frame (set by ``Connection.pump``).
         self.last_frame_at = 0.0
-        #: Whether the server has shown it accepted the key (ack, data, or time open).
+        #: Whether the server has shown it accepted the credentials (ack, data, or time).
         self.proven = False
+        #: Why the server ended the current connection in a message, if it did.
+        self.ended: AuthFailed | Reconnect | None = None
         #: Channels down since a disconnect, until their first event (for on_gap).
         self.gaps = LinkGaps()
+
+    # Read through methods: other tasks set these while run() awaits (mypy would take
+    # the values run() itself last saw).
+    def _ended(self) -> AuthFailed | Reconnect | None:
+        return self.ended  # set by on_control
+
+    def _retired_now(self) -> bool:
+        return self.retired  # set by the control task when its channels are gone
+
+    @property
+    def label(self) -> str:
+        """How logs name this socket: ``connection 1``."""
+        return f"connection {self.index + 1}"
 
     # -- channel bookkeeping (loop thread only) ----------------------------------------
 
@@ -92,9 +167,6 @@ class Link:
         self.gaps.open.pop(key, None)
         self.dirty.set()
 
-    def is_retired(self) -> bool:
-        return self.retired
-
     @property
     def wanted(self) -> set[str]:
         return set(self.channels) - self.rejected
@@ -103,66 +175,85 @@ class Link:
 
     async def run(self) -> None:
         """Connect, serve, reconnect, until retired or cancelled. Fatal errors propagate."""
-        client = self.client
-        backoff: Backoff = client._new_backoff()
+        host = self.host
+        backoff = self.config.new_backoff()
         connected_before = False
+        fresh = False  # the next socket asks the credential's source for a new one
+        refreshed = False  # the credential was refreshed after a refusal, not yet accepted
         while not self.retired:
-            self.state = "connecting" if not connected_before else "reconnecting"
             if self.index > 0:
                 # Extra links connect only once the first one got through, so a rejected
                 # key costs exactly one handshake.
-                await client._first_connected.wait()
+                await host.first_connected.wait()
             try:
-                conn = await client._transport_connect()
-            except AuthenticationError:
-                raise
+                token = await host.token(fresh=fresh)
+                fresh = False
+                conn = await host.open_socket(token)
             except StreamConnectionError as exc:
-                self.stats.failed_attempts += 1
-                client._failed_attempts += 1
+                host.connect_failed(self)
                 delay = backoff.next()
-                log.warning("link %d: %s; retrying in %.2f s", self.index, exc, delay)
-                client._emit_error(exc, {"link": self.index, "stage": "connect"})
+                log.warning("%s: %s; retrying in %.2f s", self.label, exc, delay)
+                host.emit_error(exc, {"link": self.index, "stage": "connect"})
                 await anyio.sleep(delay)
                 continue
-            self.stats.connects += 1
-            if connected_before:
-                self.stats.reconnects += 1
-            info, stale, healthy = await self._serve(conn, reconnect=connected_before)
+            self.ended = None
+            info, stale, healthy = await self._serve(conn, token, reconnect=connected_before)
             connected_before = True
-            self.last_close = info
             if healthy:
                 backoff.reset()
-            if info.code in AUTH_CLOSE_CODES:
+            ended = self._ended()
+            if info.code in self.protocol.auth_close_codes:
                 raise AuthenticationError(
-                    f"the server closed the connection with {info.code}: API key rejected",
+                    f"the server closed the connection with {info.code}: credentials rejected",
                     close_code=info.code,
                 )
-            if self.is_retired():  # the control task may have retired it meanwhile
+            if isinstance(ended, AuthFailed):
+                if ended.refreshable and not refreshed:
+                    # An expired access token looks like a bad one: try once with a
+                    # fresh one before giving up.
+                    log.warning(
+                        "%s: %s; retrying with a fresh credential", self.label, ended.reason
+                    )
+                    fresh = refreshed = True
+                    continue
+                raise AuthenticationError(f"the server refused the credentials: {ended.reason}")
+            if self.proven:
+                refreshed = False
+            if self._retired_now():
                 return
-            reason = "stale: no frame for the stale timeout" if stale else info.reason
-            self.state = "disconnected"
+            if stale:
+                reason = "stale: no frame for the stale timeout"
+            elif isinstance(ended, Reconnect):
+                reason = ended.reason
+            else:
+                reason = info.reason
             delay = backoff.next()
-            log.warning(
-                "link %d: disconnected (%s); reconnecting in %.2f s", self.index, reason, delay
-            )
-            client._on_link_down(self, reason, stale)
+            log.warning("%s: disconnected (%s); reconnecting in %.2f s", self.label, reason, delay)
+            host.link_down(self, reason)
             await anyio.sleep(delay)
 
-    async def _serve(self, conn: Connection, *, reconnect: bool) -> tuple[CloseInfo, bool, bool]:
+    async def _serve(
+        self, conn: Connection, token: str, *, reconnect: bool
+    ) -> tuple[CloseInfo, bool, bool]:
         """Run one connection to its end: (how it closed, was it stale, was it healthy)."""
-        client = self.client
+        from agentstream.transport import CloseInfo
+
+        config = self.config
         self.conn = conn
         self.sent.clear()
         self.acked.clear()
         self.pending.clear()
-        self.state = "connected"
+        self.requests.clear()
+        self.opened.clear()
         stale = False
         info = CloseInfo(None, "cancelled")
         self.data_frames = 0
         self.proven = False
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._control, conn)
+                tg.start_soon(self._control, conn, token)
+                if self.protocol.heartbeat_interval:
+                    tg.start_soon(self._heartbeats, conn, self.protocol.heartbeat_interval)
 
                 async def watchdog() -> None:
                     nonlocal stale
@@ -171,25 +262,26 @@ class Link:
                         conn.abort()
 
                 tg.start_soon(watchdog)
-                client._on_link_up(self, reconnect)
-                info = await conn.pump(client._router.feed_for(self), self)
+                self.gaps.reconnected_at = datetime.now(UTC)
+                self.host.link_up(self, reconnect)
+                info = await conn.pump(self.router.feed_for(self), self)
                 if self.data_frames:
                     self._prove()  # data arrived, even if before the watchdog's next tick
                 tg.cancel_scope.cancel()
         finally:
             self.conn = None
             self.ready.clear()
-            client._router.note_frame_time(self.last_frame_at)
+            self.router.note_frame_time(self.last_frame_at)
             if not conn.closed:
-                with anyio.move_on_after(client._close_timeout, shield=True):
+                with anyio.move_on_after(config.close_timeout, shield=True):
                     await conn.close()
         lived = time.monotonic() - conn.opened_at
         # Healthy means data flowed on this very connection, or it lived long without
         # going stale; a server that accepts and drops at once never resets the backoff.
-        healthy = self.data_frames > 0 or (lived >= client._healthy_after and not stale)
+        healthy = self.data_frames > 0 or (lived >= config.healthy_after and not stale)
         if stale:
-            client._emit_error(
-                StaleConnectionError(f"no frame for {client._stale_timeout:g} s; reconnecting"),
+            self.host.emit_error(
+                StaleConnectionError(f"no frame for {config.stale_timeout:g} s; reconnecting"),
                 {"link": self.index, "stage": "liveness"},
             )
         return info, stale, healthy
@@ -200,7 +292,7 @@ class Link:
         Also marks the link proven once data flowed or it stayed open a moment (for a
         server that neither acks nor sends data yet).
         """
-        timeout = self.client._stale_timeout
+        timeout = self.config.stale_timeout
         period = max(timeout / 20, 0.001)
         grace = min(_PROVEN_AFTER, timeout / 4)
         last_frames = conn.frames
@@ -217,31 +309,51 @@ class Link:
                 last_seen = now
             elif now - last_seen >= timeout:
                 log.warning(
-                    "link %d: no frame for %.1f s, closing the stale connection",
-                    self.index,
+                    "%s: no frame for %.1f s, closing the stale connection",
+                    self.label,
                     now - last_seen,
                 )
                 return True
 
-    async def _control(self, conn: Connection) -> None:
-        """Keep the connection's subscriptions equal to the link's channels."""
+    async def _send(self, conn: Connection, out: Outgoing) -> None:
+        if out.request_id is not None:
+            self.requests[out.request_id] = out
+        await conn.send(out.text)
+
+    async def _control(self, conn: Connection, token: str) -> None:
+        """Open the session, then keep the subscriptions equal to the link's channels."""
+        protocol = self.protocol
+        for out in protocol.open_messages(token):
+            await self._send(conn, out)
+            if out.await_ack:
+                await self.opened.wait()
         while True:
             self.dirty.clear()
             wanted = self.wanted
-            for key in sorted(wanted - self.sent):
-                channel = self.channels.get(key)
-                if channel is None:  # released while an earlier send was waiting
-                    continue
-                self.sent.add(key)
-                self.pending.append(key)
-                await conn.send(subscribe_message(channel))
-            for key in sorted(self.sent - wanted):
-                self.sent.discard(key)
-                self.acked.discard(key)
-                ch = self.client._known_channel(key)
-                if ch is not None:
-                    await conn.send(unsubscribe_message(ch))
-            self.ready.set()
+            chans = [self.channels[k] for k in sorted(wanted) if k in self.channels]
+            add = [ch for ch in chans if ch.key not in self.sent]
+            remove_keys = sorted(self.sent - wanted)
+            if add:
+                token = await self.host.token()
+                for ch in add:
+                    self.sent.add(ch.key)
+                    self.pending.append(ch.key)
+                for out in protocol.subscribe_messages(token, add, chans):
+                    await self._send(conn, out)
+            if remove_keys:
+                remove = []
+                for key in remove_keys:
+                    self.sent.discard(key)
+                    self.acked.discard(key)
+                    known = self.host.channel(key)
+                    if known is not None:
+                        remove.append(known)
+                token = await self.host.token()
+                for out in protocol.unsubscribe_messages(token, remove, chans):
+                    await self._send(conn, out)
+            if not self.ready.is_set():
+                self.ready.set()
+                self.host.link_ready(self)
             if not self.dirty.is_set():
                 if not self.channels and self.index > 0:
                     self.retired = True
@@ -249,48 +361,75 @@ class Link:
                     return
                 await self.dirty.wait()
 
+    async def _heartbeats(self, conn: Connection, interval: float) -> None:
+        """The venue's periodic client message, with a credential read fresh each time."""
+        while True:
+            await anyio.sleep(interval)
+            out = self.protocol.heartbeat_message(await self.host.token())
+            if out is not None:
+                await self._send(conn, out)
+
     # -- control frames from the server -----------------------------------------------
 
     def _prove(self) -> None:
         if not self.proven:
             self.proven = True
-            self.client._link_proven(self)
+            self.host.link_proven(self)
 
-    def on_ack(self, kind: str, key: str | None) -> None:
-        if kind == "subscribed":
-            self._prove()
+    def on_control(self, inbound: Ack | Refused | AuthFailed | Reconnect) -> ServerError | None:
+        """React to an ack, a refusal or an end of the connection (see FeedTarget)."""
+        if isinstance(inbound, Ack):
+            self._on_ack(inbound)
+            return None
+        if isinstance(inbound, Refused):
+            return self._on_refused(inbound)
+        # The server ends this connection: close it; run() decides what comes next.
+        self.ended = inbound
+        if self.conn is not None:
+            self.conn.abort()
+        return None
+
+    def _on_ack(self, ack: Ack) -> None:
+        self._prove()
+        key = ack.key
+        if ack.request_id is not None:
+            out = self.requests.pop(ack.request_id, None)
+            if out is not None:
+                if out.await_ack:
+                    self.opened.set()
+                key = key or out.key
         if key is None:
             return
-        if kind == "subscribed":
+        if ack.subscribed:
             if key in self.acked:
-                log.debug("link %d: duplicate ack for %s", self.index, key)
+                log.debug("%s: duplicate ack for %s", self.label, key)
             self.acked.add(key)
             with contextlib.suppress(ValueError):
                 self.pending.remove(key)
         else:
             self.acked.discard(key)
 
-    def on_error(self, code: str, message: str, key: str | None) -> ServerError:
-        """Attribute a server error to a channel and react to it.
+    def _on_refused(self, refused: Refused) -> ServerError:
+        """Attribute a refusal to a channel and react to it.
 
-        An error naming no channel is pinned on the oldest unacknowledged subscribe only
-        for the codes that answer a subscribe; an error naming a channel this link no
-        longer carries changes nothing.
+        A refusal naming no channel is pinned on the oldest unacknowledged subscribe only
+        when it answers a subscribe (``invalid`` or ``limit``); one naming a channel this
+        link no longer carries changes nothing.
         """
-        subscribe_error = code in ("SUBSCRIPTION_LIMIT", "INVALID_CHANNEL")
+        key = refused.key
+        if key is None and refused.request_id is not None:
+            out = self.requests.pop(refused.request_id, None)
+            key = out.key if out is not None else None
+        subscribe_error = refused.effect != "none"
         if key is None and subscribe_error and self.pending:
             key = self.pending.popleft()
         elif key is not None:
             with contextlib.suppress(ValueError):
                 self.pending.remove(key)
-        err = ServerError(code, message, channel=key)
+        err = ServerError(refused.code, refused.message, channel=key)
         if key is not None and key in self.channels and subscribe_error:
             self.sent.discard(key)
-            if code == "SUBSCRIPTION_LIMIT":
-                # The server allows fewer channels per connection than we assumed: learn
-                # its limit and move the channel to another connection instead of losing it.
-                self.client._learn_limit(self, key)
-            else:
+            if not self.host.refused(self, key, refused.effect):
                 self.rejected.add(key)
                 self.gaps.open.pop(key, None)  # refused: no first event will close the gap
         return err

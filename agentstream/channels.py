@@ -1,22 +1,25 @@
 """Channels as values: ``Channel.ticker("BTCUSDT")``, ``Channel.candles("ETHUSDT", "1m")``.
 
-A channel's ``key`` is the server's name for it (``ticker:BTCUSDT``, ``ticker:all``,
-``candles:BTCUSDT:1m``, ``orders``, ``portfolio``), the form acks and errors use.
+A channel is a kind, and where the kind has them a symbol and an interval. Its ``key``
+joins them with ``:`` (``ticker:BTCUSDT``, ``ticker:all``, ``candles:BTCUSDT:1m``,
+``orders``): the name handlers, ``ws.stats`` and gap reports use. Which kinds exist is
+each venue's (its protocol's :class:`~agentstream.protocols.base.Kind` list);
+``Channel.ticker`` and the other shortcuts build AgentExchange's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agentstream.errors import ConfigurationError
 
-__all__ = ["INTERVALS", "Channel", "ChannelKind"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
-#: Candle intervals the client accepts (the SDK page's list).
-INTERVALS: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
+    from agentstream.protocols.base import Kind
 
-ChannelKind = Literal["ticker", "candles", "orders", "portfolio"]
+__all__ = ["Channel"]
 
 
 def _symbol(symbol: str) -> str:
@@ -39,15 +42,46 @@ class Channel:
         True
     """
 
-    kind: ChannelKind
+    kind: str
     symbol: str | None = None
     interval: str | None = None
+    #: The account's own channel (orders, portfolio): never dropped, delivered once.
+    private: bool = field(default=False, compare=False)
+
+    @classmethod
+    def of(cls, kind: Kind, symbol: str | None = None, interval: str | None = None) -> Channel:
+        """A validated channel of a venue's ``kind``.
+
+        Raises:
+            ConfigurationError: a symbol or interval the kind does not take, or lacks.
+        """
+        sym: str | None = None
+        if kind.symbol:
+            if symbol is None:
+                raise ConfigurationError(f"{kind.name} channels need a symbol")
+            sym = _symbol(symbol)
+            if kind.wildcard is not None and sym == kind.wildcard.upper():
+                if kind.intervals is not None:
+                    raise ConfigurationError(
+                        f"{kind.name} need one symbol; {kind.wildcard!r} is for other channels"
+                    )
+                sym = kind.wildcard
+        elif symbol is not None:
+            raise ConfigurationError(f"{kind.name} channels take no symbol")
+        if kind.intervals is not None:
+            if interval not in kind.intervals:
+                raise ConfigurationError(
+                    f"invalid {kind.name} interval {interval!r}: use one of "
+                    f"{', '.join(kind.intervals)}"
+                )
+        elif interval is not None:
+            raise ConfigurationError(f"{kind.name} channels take no interval")
+        return cls(kind.name, sym, interval, kind.private)
 
     @classmethod
     def ticker(cls, symbol: str) -> Channel:
         """Trades of one pair; ``"all"`` is every pair (the ``ticker_all`` channel)."""
-        sym = _symbol(symbol)
-        return cls("ticker", "all" if sym == "ALL" else sym)
+        return cls.of(_ae_kind("ticker"), symbol)
 
     @classmethod
     def candles(cls, symbol: str, interval: str) -> Channel:
@@ -56,57 +90,56 @@ class Channel:
         Raises:
             ConfigurationError: (a ``ValueError``) for any other interval.
         """
-        if interval not in INTERVALS:
-            raise ConfigurationError(
-                f"invalid candle interval {interval!r}: use one of {', '.join(INTERVALS)}"
-            )
-        sym = _symbol(symbol)
-        if sym == "ALL":
+        if isinstance(symbol, str) and symbol.strip().upper() == "ALL":
             raise ConfigurationError("candles need one symbol; 'all' is for tickers only")
-        return cls("candles", sym, interval)
+        return cls.of(_ae_kind("candles"), symbol, interval)
 
     @classmethod
     def orders(cls) -> Channel:
         """The account's order updates."""
-        return cls("orders")
+        return cls.of(_ae_kind("orders"))
 
     @classmethod
     def portfolio(cls) -> Channel:
         """The account's portfolio snapshots."""
-        return cls("portfolio")
+        return cls.of(_ae_kind("portfolio"))
 
     @classmethod
-    def parse(cls, key: str) -> Channel:
-        """A channel from its key (``ticker:BTCUSDT``, ``candles:X:1m``, ``ticker_all``, ...).
+    def parse(cls, key: str, kinds: Mapping[str, Kind] | None = None) -> Channel:
+        """A channel from its key (``ticker:BTCUSDT``, ``candles:X:1m``, ``orders``).
+
+        ``kinds``: the venue's kinds; AgentExchange's when omitted (which also takes the
+        server's ``ticker_all``).
 
         Raises:
             ConfigurationError: the key names no channel.
         """
+        if kinds is None:
+            from agentstream.protocols import agentexchange
+
+            kinds = agentexchange.KINDS
+            key = agentexchange.normalize_key(key) or key
         parts = key.split(":")
-        kind = parts[0]
-        if kind == "ticker_all" and len(parts) == 1:
-            return cls.ticker("all")
-        if kind == "ticker" and len(parts) == 2:
-            return cls.ticker(parts[1])
-        if kind == "candles" and len(parts) == 3:
-            return cls.candles(parts[1], parts[2])
-        if kind in ("orders", "portfolio") and len(parts) == 1:
-            return cls(kind)  # type: ignore[arg-type]
-        raise ConfigurationError(f"unknown channel {key!r}")
+        kind = kinds.get(parts[0])
+        want = 1 + (kind is not None and kind.symbol) + (kind is not None and bool(kind.intervals))
+        if kind is None or len(parts) != want:
+            raise ConfigurationError(f"unknown channel {key!r}")
+        return cls.of(kind, *parts[1:])
 
     @property
     def key(self) -> str:
-        """The server's name for the channel, e.g. ``ticker:BTCUSDT``."""
-        if self.kind == "ticker":
-            return f"ticker:{self.symbol}"
-        if self.kind == "candles":
-            return f"candles:{self.symbol}:{self.interval}"
-        return self.kind
-
-    @property
-    def private(self) -> bool:
-        """True for the account's own channels (orders, portfolio)."""
-        return self.kind in ("orders", "portfolio")
+        """The channel's name, e.g. ``ticker:BTCUSDT``."""
+        if self.symbol is None:
+            return self.kind
+        if self.interval is None:
+            return f"{self.kind}:{self.symbol}"
+        return f"{self.kind}:{self.symbol}:{self.interval}"
 
     def __str__(self) -> str:
         return self.key
+
+
+def _ae_kind(name: str) -> Kind:
+    from agentstream.protocols.agentexchange import KINDS
+
+    return KINDS[name]

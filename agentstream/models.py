@@ -139,6 +139,11 @@ class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     Optional fields are None unless they apply (``executed_price`` once filled, ...).
     ``status`` is one of ``pending``, ``open``, ``partially_filled``, ``filled``,
     ``cancelled``, ``rejected``, ``expired``.
+
+    The platform's server sends ``quantity`` ``0`` and an empty ``symbol``, ``side`` and
+    ``type`` when its serializer lacks them: such an event is still delivered (an order
+    event is never dropped for what the real server sends). A negative, infinite or
+    non-numeric amount is still refused.
     """
 
     order_id: str
@@ -158,7 +163,7 @@ class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def __post_init__(self) -> None:
         if not self.order_id:
             raise ValueError("order_id is empty")
-        _check_amount("quantity", self.quantity, positive=True)
+        _check_amount("quantity", self.quantity)
         for name in ("price", "executed_price", "executed_quantity", "fee"):
             _check_amount(name, getattr(self, name))
         _fix_time(self, "filled_at")

@@ -1,10 +1,16 @@
 """The one place agentstream's client does I/O: aiohttp, mapped to agentstream's errors.
 
-``Transport.connect`` opens a socket or raises one of our errors (with the API key
-masked); ``Connection.pump`` is the read loop: it hands every text or binary frame to
-a synchronous ``feed`` callback and sends back whatever ``feed`` returns (a pong). The
-loop itself never runs user code; the feed calls only handlers that proved fast, stops
-doing so when its frames run long, and never between a ping and its pong.
+``Transport.connect`` opens a socket from a venue's prepared :class:`Handshake` (URL
+and headers) or raises one of our errors (with the credential masked);
+``Transport.request`` makes the small HTTP calls a venue needs beside its socket (a
+session to create, an order to look up); ``Connection.pump`` is the read loop: it hands
+every text or binary frame to a synchronous ``feed`` callback and sends back whatever
+``feed`` returns (a pong). The loop itself never runs user code; the feed calls only
+handlers that proved fast, stops doing so when its frames run long, and never between a
+ping and its pong.
+
+aiohttp's errors become ours here and nowhere else. Which HTTP statuses mean "the
+credentials are wrong" is the venue's to say (``auth_statuses``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 from aiohttp import WSMsgType
 
-from agentstream._redact import mask_url
+from agentstream._redact import mask_secret, mask_url
 from agentstream.errors import (
     AgentStreamError,
     AuthenticationError,
@@ -29,10 +36,12 @@ from agentstream.errors import (
     HandshakeError,
     StreamConnectionError,
 )
-from agentstream.protocols.agentexchange import AUTH_HTTP_STATUSES
+from agentstream.protocols.base import HttpResponse
 
 if TYPE_CHECKING:
     import ssl as _ssl
+
+    from agentstream.protocols.base import Handshake, HttpRequest
 
 __all__ = ["CloseInfo", "Connection", "Transport"]
 
@@ -85,7 +94,8 @@ class Connection:
         quick = False
 
         def readable() -> bool:
-            # receive() reads only from a socket neither closing nor closed.
+            # receive() reads only from a socket neither closing nor closed. (Read only
+            # on the fast path, which the version gate allows.)
             return not (ws._closing or ws._closed)
 
         text, binary = WSMsgType.TEXT, WSMsgType.BINARY
@@ -175,10 +185,19 @@ class Connection:
 
     def abort(self) -> None:
         """Drop the connection at once, without a close handshake (a stale socket)."""
-        # aiohttp has no public abort for a client socket; its writer holds the transport.
-        transport = self._ws._writer.transport
-        if not transport.is_closing():
-            transport.abort()
+        # aiohttp has no public abort for a client socket. On the checked versions its
+        # writer holds the transport; elsewhere shut the socket down (public API), which
+        # ends the read loop the same way.
+        writer = getattr(self._ws, "_writer", None) if _FAST_READ_OK and PRIVATE_ABORT else None
+        transport = getattr(writer, "transport", None)
+        if transport is not None and hasattr(transport, "abort"):
+            if not transport.is_closing():
+                transport.abort()
+            return
+        sock = self._ws.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def close(self) -> None:
         """Close with code 1000 (the close handshake waits at most the close timeout)."""
@@ -194,6 +213,8 @@ class Connection:
 
 #: Read queued frames straight from aiohttp's message queue (tests switch it off).
 FAST_READ = True
+#: Abort a socket through aiohttp's private writer (tests switch it off for the fallback).
+PRIVATE_ABORT = True
 #: aiohttp versions whose message queue was checked (its code read, and the client and
 #: fault suites run with it): from 3.11 to 3.14. Others read every frame with receive().
 _FAST_READ_VERSIONS = ((3, 11), (3, 14))
@@ -264,6 +285,7 @@ class Transport:
         connect_timeout: seconds the TCP connect plus handshake may take.
         close_timeout: seconds to wait for the server's answer to our close frame.
         max_message_size: frames larger than this end the connection (it is re-opened).
+        auth_statuses: HTTP statuses that mean the credentials were refused (the venue's).
     """
 
     def __init__(
@@ -273,7 +295,9 @@ class Transport:
         connect_timeout: float,
         close_timeout: float,
         max_message_size: int,
+        auth_statuses: frozenset[int] = frozenset({401, 403}),
     ) -> None:
+        self._auth_statuses = auth_statuses
         self._ssl = ssl
         self._connect_timeout = connect_timeout
         self._close_timeout = close_timeout
@@ -292,27 +316,35 @@ class Transport:
         if session is not None:
             await session.close()
 
-    async def connect(self, url: str) -> Connection:
-        """Open a WebSocket to ``url``.
+    def _session_or_raise(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Transport used outside `async with`")
+        return self._session
+
+    async def connect(self, handshake: Handshake | str) -> Connection:
+        """Open a WebSocket as ``handshake`` says (or to a plain URL).
 
         Raises:
-            AuthenticationError: the handshake was answered 401 or 403.
+            AuthenticationError: the handshake was answered with an auth status (401/403).
             HandshakeError: any other non-101 status (retryable).
             CertificateError: the server's TLS certificate failed verification (fatal).
             StreamConnectionError: refused, unreachable, other TLS failure or timed out.
         """
-        session = self._session
-        if session is None:
-            raise RuntimeError("Transport used outside `async with`")
-        safe = mask_url(url)
+        session = self._session_or_raise()
+        if isinstance(handshake, str):
+            url, headers, secret = handshake, {}, None
+        else:
+            url, headers, secret = handshake.url, dict(handshake.headers), handshake.secret
+        safe = _masked(url, secret)
         # Errors are raised after the `except` blocks, not inside them: aiohttp's
-        # exceptions carry the full URL, API key included, and must not become our
+        # exceptions carry the full URL, credential included, and must not become our
         # errors' __context__.
         error: AgentStreamError
         try:
             async with asyncio.timeout(self._connect_timeout):
                 ws = await session.ws_connect(
                     url,
+                    headers=headers,
                     autoping=False,
                     autoclose=True,
                     heartbeat=None,
@@ -323,26 +355,68 @@ class Transport:
                 )
             return Connection(ws)
         except aiohttp.WSServerHandshakeError as exc:
-            if exc.status in AUTH_HTTP_STATUSES:
+            if exc.status in self._auth_statuses:
                 error = AuthenticationError(
-                    f"the server refused the API key (HTTP {exc.status}) at {safe}",
+                    f"the server refused the credentials (HTTP {exc.status}) at {safe}",
                     status=exc.status,
                 )
             else:
                 error = HandshakeError(
                     f"handshake with {safe} answered HTTP {exc.status}", status=exc.status
                 )
-        except TimeoutError:
-            error = StreamConnectionError(
-                f"connecting to {safe} timed out after {self._connect_timeout:g} s"
+        except Exception as exc:
+            error = self._map(exc, safe, secret, "connecting to")
+        raise error
+
+    async def request(self, req: HttpRequest, *, timeout: float | None = None) -> HttpResponse:
+        """Make one HTTP request; any status comes back (the caller decides what it means).
+
+        Raises:
+            CertificateError: the server's TLS certificate failed verification.
+            StreamConnectionError: refused, unreachable, other TLS failure or timed out.
+        """
+        session = self._session_or_raise()
+        safe = _masked(req.url, req.secret)
+        error: AgentStreamError
+        try:
+            async with asyncio.timeout(timeout or self._connect_timeout):
+                async with session.request(
+                    req.method,
+                    req.url,
+                    headers=dict(req.headers),
+                    data=dict(req.form) if req.form is not None else None,
+                    json=req.json,
+                    ssl=self._ssl if self._ssl is not None else True,
+                ) as resp:
+                    body = await resp.read()
+                    return HttpResponse(resp.status, body, dict(resp.headers))
+        except Exception as exc:
+            error = self._map(exc, safe, req.secret, req.method)
+        raise error
+
+    def _map(
+        self, exc: BaseException, safe: str, secret: str | None, action: str
+    ) -> AgentStreamError:
+        """aiohttp's (and the OS's) errors as ours, with no credential in the text."""
+        if isinstance(exc, TimeoutError):
+            return StreamConnectionError(
+                f"{action} {safe} timed out after {self._connect_timeout:g} s"
             )
-        except aiohttp.ClientConnectorCertificateError as exc:
-            error = CertificateError(
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return CertificateError(
                 f"TLS certificate of {safe} failed verification: {exc.certificate_error}; "
                 "pass ssl=<an ssl.SSLContext that trusts its CA> to connect"
             )
-        except (aiohttp.ClientError, OSError) as exc:
-            error = StreamConnectionError(
-                f"cannot connect to {safe}: {type(exc).__name__}: {mask_url(str(exc))}"
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return StreamConnectionError(
+                f"cannot connect to {safe}: {type(exc).__name__}: {_masked(str(exc), secret)}"
             )
-        raise error
+        raise exc
+
+
+def _masked(text: str, secret: str | None) -> str:
+    """``text`` with credentials in query strings, and ``secret`` anywhere, masked."""
+    text = mask_url(text)
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, mask_secret(secret))
+    return text

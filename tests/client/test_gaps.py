@@ -14,10 +14,16 @@ import anyio
 import pytest
 
 from agentstream import Candle, Gap, OrderUpdate
-from agentstream._router import missing_candles
+from agentstream._router import missing_candles as _missing
+from agentstream.protocols.agentexchange import KINDS
 from agentstream.sim import DEMO_API_KEY, SimExchange
 
 from .conftest import make_client, running, wait_for
+
+
+def missing_candles(interval: str, last: Any, last_closed: Any, after: Any) -> Any:
+    return _missing(KINDS["candles"], interval, last, last_closed, after)
+
 
 pytestmark = pytest.mark.anyio
 

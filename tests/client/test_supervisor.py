@@ -341,12 +341,12 @@ async def test_lower_server_limit_is_learned_without_losing_channels() -> None:
 
 
 async def test_invalid_channel_is_reported_and_the_rest_streams() -> None:
-    # The platform's own server knows no 15m candles: it answers INVALID_CHANNEL.
-    async with SimExchange(candle_intervals=("1m", "5m", "1h", "1d"), tick_rate=500) as s:
+    # A symbol the server does not list: it answers INVALID_CHANNEL, for good.
+    async with SimExchange(tick_rate=500) as s:
         ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST)
         errors: list[tuple[BaseException, dict[str, Any]]] = []
         ws.on_error(lambda exc, ctx: errors.append((exc, ctx)))
-        ws.on_candles("BTCUSDT", "15m", lambda d: None)
+        ws.on_candles("NOPEUSDT", "15m", lambda d: None)
         got: list[Any] = []
         ws.on_ticker("BTCUSDT", got.append)
         async with running(ws):
@@ -358,7 +358,7 @@ async def test_invalid_channel_is_reported_and_the_rest_streams() -> None:
         exc, _ = errors[0]
         assert isinstance(exc, ServerError)
         assert exc.code == "INVALID_CHANNEL"
-        assert exc.channel == "candles:BTCUSDT:15m"
+        assert exc.channel == "candles:NOPEUSDT:15m"
         # Not sent again after the reconnect: it would only fail again.
         assert list(s.connection_log)[-1].subscribe_requests == ["ticker:BTCUSDT"]
 

@@ -40,9 +40,12 @@ from agentstream import (
     StreamConnectionError,
     Ticker,
 )
-from agentstream._dispatch import Slot, first_param_model
+from agentstream._dispatch import Slot, conflation_key_for
+from agentstream._dispatch import first_param_model as _first_param_model
 from agentstream._redact import mask_secret, mask_url
 from agentstream.protocols import agentexchange as proto
+from agentstream.protocols.agentexchange import KINDS
+from agentstream.protocols.base import Ack, BadFrame, Data, Noise, Ping, Refused
 
 LONG_KEY = "ak_live_SECRETSECRET123456"
 
@@ -56,6 +59,15 @@ BACKOFF_ENV = (
     "AGENTSTREAM_BACKOFF_FACTOR",
     "AGENTSTREAM_BACKOFF_JITTER",
 )
+
+
+def first_param_model(fn: Any) -> type[Any] | None:
+    return _first_param_model(fn, [k.model for k in KINDS.values() if k.model])
+
+
+def make_slot(channel: Channel, fn: Any, **kwargs: Any) -> Slot:
+    """A handler's slot as the client makes it (conflated as its kind says)."""
+    return Slot(channel, fn, conflate=conflation_key_for(KINDS[channel.kind]), **kwargs)
 
 
 @pytest.fixture
@@ -378,20 +390,58 @@ def test_normalize_key(raw: str | None, key: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "key"),
+    ("fields", "expected"),
     [
-        ({"channel": "ticker", "symbol": "BTCUSDT"}, "ticker:BTCUSDT"),
+        ({"channel": "ticker", "symbol": "BTCUSDT"}, ("ticker", "BTCUSDT", None)),
         ({"channel": "ticker"}, None),
-        ({"channel": "candles", "symbol": "BTCUSDT", "interval": "1m"}, "candles:BTCUSDT:1m"),
+        (
+            {"channel": "candles", "symbol": "BTCUSDT", "interval": "1m"},
+            ("candles", "BTCUSDT", "1m"),
+        ),
         ({"channel": "candles", "symbol": "BTCUSDT"}, None),
-        ({"channel": "orders"}, "orders"),
-        ({"channel": "portfolio"}, "portfolio"),
+        ({"channel": "orders"}, ("orders", None, None)),
+        ({"channel": "portfolio"}, ("portfolio", None, None)),
         ({"channel": "trades", "symbol": "BTCUSDT"}, None),
         ({}, None),
     ],
 )
-def test_data_key(fields: dict[str, str], key: str | None) -> None:
-    assert proto.data_key(proto.Envelope(**fields)) == key  # type: ignore[arg-type]
+def test_classify_data_frames(fields: dict[str, str], expected: tuple[Any, ...] | None) -> None:
+    frame = msgspec.json.encode({**fields, "data": {"x": 1}})
+    got = proto.AgentExchangeProtocol("ws://h:1").classify(frame)
+    if expected is None:
+        assert isinstance(got, BadFrame)
+    else:
+        assert isinstance(got, Data)
+        assert (got.kind, got.symbol, got.interval) == expected
+        assert msgspec.json.decode(got.payload) == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ('{"type":"ping"}', Ping(proto.PONG)),
+        ('{"type":"subscribed","channel":"ticker_all"}', Ack("ticker:all")),
+        (
+            '{"type":"unsubscribed","channel":"ticker:btcusdt"}',
+            Ack("ticker:BTCUSDT", subscribed=False),
+        ),
+        (
+            '{"type":"error","code":"INVALID_CHANNEL","message":"Channel \'candles\' requires ."}',
+            Refused("INVALID_CHANNEL", "Channel 'candles' requires .", effect="invalid"),
+        ),
+        (
+            '{"type":"error","code":"SUBSCRIPTION_LIMIT","message":"m","channel":"orders"}',
+            Refused("SUBSCRIPTION_LIMIT", "m", "orders", effect="limit"),
+        ),
+        ('{"type":"error","code":"UNKNOWN_ACTION"}', Refused("UNKNOWN_ACTION", "", effect="none")),
+        ('{"type":"error"}', Refused("UNKNOWN", "", effect="none")),
+        ('{"type":"pong"}', Noise("pong")),
+        ('{"type":"welcome"}', Noise("welcome")),
+        ("not json", BadFrame("JSON is malformed: invalid character (byte 4)")),
+    ],
+)
+def test_classify_control_frames(frame: str, expected: object) -> None:
+    assert proto.AgentExchangeProtocol("ws://h:1").classify(frame) == expected
 
 
 def _env(frame: str) -> proto.Envelope:
@@ -447,7 +497,9 @@ PORTFOLIO_FRAME = (
 def test_envelope_data_messages(frame: str, key: str, first_field: tuple[str, str]) -> None:
     env = _env(frame)
     assert env.type is None
-    assert proto.data_key(env) == key
+    got = proto.AgentExchangeProtocol("ws://h:1").classify(frame)
+    assert isinstance(got, Data)
+    assert Channel.parse(":".join(p for p in (got.kind, got.symbol, got.interval) if p)).key == key
     data = msgspec.json.decode(env.data)
     assert data == msgspec.json.decode(frame)["data"]
     name, value = first_field
@@ -794,7 +846,7 @@ def _tick(seq: int, symbol: str) -> dict[str, Any]:
 
 
 def test_slot_conflates_to_the_newest_per_symbol() -> None:
-    slot = Slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
     symbols = ["AUSDT", "BUSDT", "CUSDT"]
     for seq in range(11):
         slot.push(_tick(seq, symbols[seq % 3]))
@@ -805,7 +857,7 @@ def test_slot_conflates_to_the_newest_per_symbol() -> None:
 
 
 def test_slot_conflation_over_many_pushes() -> None:
-    slot = Slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
     symbols = ["AUSDT", "BUSDT", "CUSDT"]
     n = 1000
     for seq in range(n):
@@ -818,7 +870,7 @@ def test_slot_conflation_over_many_pushes() -> None:
 
 
 def test_slot_conflates_typed_tickers() -> None:
-    slot = Slot(Channel.ticker("all"), lambda d: None, model=Ticker, max_queue=4)
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=Ticker, max_queue=4)
     ts = datetime(2026, 1, 1, tzinfo=UTC)
     for seq in range(1, 6):
         slot.push(Ticker(symbol="XUSDT" if seq % 2 else "YUSDT", price=Decimal(seq), timestamp=ts))
@@ -832,7 +884,7 @@ def test_slot_conflates_typed_tickers() -> None:
 
 
 def test_slot_never_loses_the_only_event_of_a_symbol() -> None:
-    slot = Slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
     for seq in range(25):
         slot.push(_tick(seq, f"S{seq}USDT"))
     assert [ev["seq"] for ev in slot.queue] == list(range(25))
@@ -844,7 +896,7 @@ def _candle(seq: int, closed: bool, symbol: str = "BTCUSDT") -> dict[str, Any]:
 
 
 def test_slot_never_conflates_closed_candles() -> None:
-    slot = Slot(Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, max_queue=5)
+    slot = make_slot(Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, max_queue=5)
     for seq in range(40):
         slot.push(_candle(seq, closed=True))
     assert [ev["seq"] for ev in slot.queue] == list(range(40))
@@ -852,7 +904,7 @@ def test_slot_never_conflates_closed_candles() -> None:
 
 
 def test_slot_conflates_forming_candles_but_keeps_closed_ones() -> None:
-    slot = Slot(
+    slot = make_slot(
         Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, partial=True, max_queue=6
     )
     events = [_candle(i, closed=i in (3, 7)) for i in range(10)]
@@ -868,7 +920,7 @@ def test_slot_conflates_forming_candles_but_keeps_closed_ones() -> None:
 
 
 def test_orders_slot_never_drops() -> None:
-    slot = Slot(Channel.orders(), lambda d: None, model=None, max_queue=10)
+    slot = make_slot(Channel.orders(), lambda d: None, model=None, max_queue=10)
     for i in range(50_000):
         slot.push({"order_id": str(i), "status": "filled", "symbol": "BTCUSDT"})
     assert len(slot.queue) == 50_000
@@ -878,7 +930,7 @@ def test_orders_slot_never_drops() -> None:
 
 
 def test_portfolio_slot_never_drops() -> None:
-    slot = Slot(Channel.portfolio(), lambda d: None, model=None, max_queue=3)
+    slot = make_slot(Channel.portfolio(), lambda d: None, model=None, max_queue=3)
     for i in range(100):
         slot.push({"total_equity": str(i)})
     assert [ev["total_equity"] for ev in slot.queue] == [str(i) for i in range(100)]
@@ -889,7 +941,7 @@ async def _noop_async(d: dict[str, Any]) -> None: ...
 
 
 def test_slot_push_wakes_the_worker() -> None:
-    slot = Slot(Channel.orders(), _noop_async, model=None)
+    slot = make_slot(Channel.orders(), _noop_async, model=None)
     assert not slot.wake.is_set()
     slot.push({"order_id": "1"})
     assert slot.wake.is_set()
@@ -898,7 +950,7 @@ def test_slot_push_wakes_the_worker() -> None:
 @pytest.mark.anyio
 async def test_sync_slot_drains_from_the_loop_in_order() -> None:
     got: list[int] = []
-    slot = Slot(Channel.orders(), got.append, model=None)
+    slot = make_slot(Channel.orders(), got.append, model=None)
     assert slot.inline
     slot.bind_loop()
     for i in range(1000):
@@ -1379,7 +1431,7 @@ async def test_sync_slot_survives_a_base_exception_and_stops_at_once() -> None:
         if i == 3:
             slot.cancel()  # the handler removes itself: nothing more, not even queued ones
 
-    slot = Slot(Channel.orders(), handler, model=None)
+    slot = make_slot(Channel.orders(), handler, model=None)
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda loop, context: None)  # asyncio would log it
@@ -1395,12 +1447,17 @@ async def test_sync_slot_survives_a_base_exception_and_stops_at_once() -> None:
 
 
 def test_hostile_dict_events_never_make_conflation_raise() -> None:
-    from agentstream._dispatch import conflation_key
-
-    assert conflation_key({"symbol": [1], "price": "1"}) is None
-    assert conflation_key({"symbol": "BTC", "interval": [1]}) is None
-    assert conflation_key({"symbol": "BTC", "interval": "1m"}) == ("BTC", "1m")
-    slot = Slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=4)
+    ticker_key = conflation_key_for(KINDS["ticker"])
+    candle_key = conflation_key_for(KINDS["candles"])
+    assert ticker_key is not None
+    assert candle_key is not None
+    assert conflation_key_for(KINDS["orders"]) is None
+    assert ticker_key({"symbol": [1], "price": "1"}) is None
+    assert candle_key({"symbol": [1], "interval": "1m"}) is None
+    assert candle_key({"symbol": "BTC", "interval": [1]}) is None
+    assert candle_key({"symbol": "BTC", "interval": "1m"}) == ("BTC", "1m")
+    assert candle_key({"symbol": "BTC", "interval": "1m", "is_closed": True}) is None
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=4)
     for i in range(20):
         slot.push({"symbol": [i], "interval": {"x": i}})
         slot.push({"symbol": f"S{i % 3}"})
@@ -1410,6 +1467,9 @@ def test_hostile_dict_events_never_make_conflation_raise() -> None:
 def test_missing_candles_at_the_edge_of_time_lists_nothing() -> None:
     from agentstream._router import missing_candles
 
+    def missing(*args: Any) -> Any:
+        return missing_candles(KINDS["candles"], *args)
+
     far = {"time": "9999-12-31T23:59:00Z", "is_closed": True}
     after = {"time": "9999-12-31T23:59:00Z", "is_closed": False}
-    assert missing_candles("1m", far, far, after) == (0, ())
+    assert missing("1m", far, far, after) == (0, ())

@@ -143,7 +143,7 @@ BROKEN: dict[str, list[tuple[str, Any]]] = {
         ("order_id", 5),
         ("status", None),
         ("status", 5),
-        ("quantity", "0"),
+        ("quantity", "-1"),  # ("0" is what the real server sends when it lacks one: valid)
         ("quantity", "NaN"),
         ("quantity", MISSING),
         ("side", MISSING),

@@ -1,0 +1,1091 @@
+"""The shared client: registration, hooks, run modes, ``listen``, stats, link placement.
+
+Every venue's client class (``AgentExchangeWS``, ...) is a thin subclass of
+:class:`StreamClient` that names its decorators and builds its protocol object; all the
+behaviour lives here and in the core modules it drives, which know no venue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from agentstream._dispatch import (
+    HookRunner,
+    SharedWorker,
+    Slot,
+    callable_name,
+    conflation_key_for,
+    first_param_model,
+)
+from agentstream._redact import mask_secret
+from agentstream._router import DerivedSink, Route, Router
+from agentstream._supervisor import Link, LinkConfig
+from agentstream.backoff import Backoff
+from agentstream.channels import Channel
+from agentstream.errors import (
+    AgentStreamError,
+    AuthenticationError,
+    ConfigurationError,
+    HandlerError,
+)
+from agentstream.transport import Connection, Transport
+
+if TYPE_CHECKING:
+    import ssl as _ssl
+
+    from agentstream.models import Gap
+    from agentstream.protocols.base import VenueProtocol
+
+__all__ = ["Credential", "Stats", "StreamClient"]
+
+H = TypeVar("H", bound=Callable[..., Any])
+E = TypeVar("E")
+#: A credential: the string itself, or a sync or async callable returning the current one.
+Credential = str | Callable[[], str] | Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of the client's counters (``ws.stats``).
+
+    Example:
+        >>> s = ws.stats
+        >>> s.state, s.messages_total, s.reconnects, s.last_message_age
+        ('connected', 1532, 0, 0.004)
+    """
+
+    #: ``idle``, ``connecting``, ``connected``, ``reconnecting``, ``stopped`` or ``failed``.
+    state: str
+    #: Connections open now (more than one when a socket's channel limit is reached).
+    connections: int
+    #: Successful reconnects since the client started.
+    reconnects: int
+    #: Failed connection attempts (refused, timed out, HTTP 5xx, ...).
+    failed_attempts: int
+    #: Data messages received, per channel key (``ticker:BTCUSDT``, ``orders``, ...).
+    messages: dict[str, int] = field(default_factory=dict)
+    messages_total: int = 0
+    #: Control messages (pings, acks, errors) received.
+    control_messages: int = 0
+    pings: int = 0
+    #: Frames dropped because they were not JSON or not of a known shape.
+    dropped_frames: int = 0
+    #: Events dropped because they failed the typed model's validation.
+    invalid_events: int = 0
+    #: Exceptions raised by handlers (each also reported to ``on_error``).
+    handler_errors: int = 0
+    #: Older ticker / in-progress candle events replaced by newer ones for slow handlers.
+    conflated: int = 0
+    #: ``error`` messages from the server.
+    server_errors: int = 0
+    #: Gaps reported to ``on_gap`` (a channel down across a reconnect).
+    gaps: int = 0
+    #: Events waiting in handler queues.
+    queued: int = 0
+    #: Seconds since the last frame of any kind; None before the first.
+    last_message_age: float | None = None
+    #: Heartbeat messages from the server (venues that send them instead of pings).
+    heartbeats: int = 0
+    #: Private events (orders, portfolio) received again on a second socket and not
+    #: delivered twice.
+    duplicate_events: int = 0
+
+
+class StreamClient:
+    """A supervised stream with decorator-registered handlers, for any venue.
+
+    Venue classes subclass it (see :class:`~agentstream.AgentExchangeWS`): they build the
+    venue's protocol object and name its decorators; everything else is here.
+
+    Args:
+        protocol: the venue's protocol object (sans I/O).
+        credential: the API key or token, or a sync or async callable returning the
+            current one (read for every connection and every message that carries it).
+            Never logged or shown in reprs.
+        stale_timeout: seconds without any frame before the socket is declared dead
+            (default: the venue's).
+        connect_timeout: seconds a connection attempt (TCP, TLS, handshake) may take.
+        close_timeout: seconds to wait for the server's close answer when stopping.
+        backoff_initial, backoff_max, backoff_factor, backoff_jitter: the reconnect
+            schedule (default 1 s doubling to 60 s plus up to 10 % jitter); each can
+            also be set by ``AGENTSTREAM_BACKOFF_INITIAL`` / ``_MAX`` / ``_FACTOR`` /
+            ``_JITTER``.
+        healthy_after: seconds a connection must live (if no data flowed) before the
+            backoff resets; defaults to the stale timeout.
+        queue_size: events a conflated handler (tickers, forming candles) may fall
+            behind before older events of the same symbol are conflated. Private events
+            (orders, portfolio) are never dropped.
+        max_subscriptions_per_connection: channels per socket (default: the venue's);
+            more channels open more sockets.
+        max_message_size: frames larger than this end the connection (it is re-opened).
+        ssl: an ``ssl.SSLContext`` for ``wss://``; by default certificates are verified
+            against the system's trust store.
+        logger: logger to use instead of ``logging.getLogger("agentstream")``.
+    """
+
+    def __init__(
+        self,
+        protocol: VenueProtocol,
+        credential: Credential,
+        *,
+        stale_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        close_timeout: float = 0.5,
+        backoff_initial: float | None = None,
+        backoff_max: float | None = None,
+        backoff_factor: float | None = None,
+        backoff_jitter: float | None = None,
+        healthy_after: float | None = None,
+        queue_size: int = 10_000,
+        max_subscriptions_per_connection: int | None = None,
+        max_message_size: int = 1 << 20,
+        ssl: _ssl.SSLContext | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if callable(credential):
+            self.__credential: Credential = credential
+        elif isinstance(credential, str) and credential.strip():
+            self.__credential = credential
+        else:
+            raise ConfigurationError("the credential must be a non-empty string or a callable")
+        if stale_timeout is None:
+            stale_timeout = protocol.stale_timeout
+        if max_subscriptions_per_connection is None:
+            max_subscriptions_per_connection = protocol.max_subscriptions
+        for name, value in (
+            ("stale_timeout", stale_timeout),
+            ("connect_timeout", connect_timeout),
+            ("queue_size", queue_size),
+            ("max_subscriptions_per_connection", max_subscriptions_per_connection),
+            ("max_message_size", max_message_size),
+        ):
+            if value <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {value}")
+        self._protocol = protocol
+        self._kinds = protocol.kinds
+        self._models = {spec.model: name for name, spec in self._kinds.items() if spec.model}
+        self._stale_timeout = float(stale_timeout)
+        self._connect_timeout = float(connect_timeout)
+        self._close_timeout = float(close_timeout)
+        self._healthy_after = float(healthy_after if healthy_after is not None else stale_timeout)
+        self._backoff_args = {
+            "initial": backoff_initial,
+            "maximum": backoff_max,
+            "factor": backoff_factor,
+            "jitter": backoff_jitter,
+        }
+        Backoff.from_env(**self._backoff_args)  # validate now, not at the first reconnect
+        self._queue_size = queue_size
+        self._limit = max_subscriptions_per_connection
+        self._max_message_size = max_message_size
+        self._ssl = ssl
+        self.log = logger or logging.getLogger("agentstream")
+        self._link_config = LinkConfig(
+            protocol=protocol,
+            stale_timeout=self._stale_timeout,
+            close_timeout=self._close_timeout,
+            healthy_after=self._healthy_after,
+            new_backoff=lambda: Backoff.from_env(**self._backoff_args),
+        )
+
+        self._lock = threading.RLock()
+        self._slots: dict[str, list[Slot]] = {}
+        self._kind_listeners: dict[str, list[Slot]] = {}
+        self._explicit: dict[str, Channel] = {}
+        self._channels: dict[str, Channel] = {}
+        self._router = Router(self, protocol)
+        self._links: list[Link] = []
+        self._placement: dict[str, Link] = {}
+        self._running_slots: set[Slot] = set()
+        #: Channels the server refused that are built from a finer one: target -> source.
+        self._derived: dict[str, Channel] = {}
+        self._aggregators: dict[tuple[str, bool], Callable[[Any], list[Any]]] = {}
+
+        self._hooks_connect: list[Callable[..., Any]] = []
+        self._hooks_disconnect: list[Callable[..., Any]] = []
+        self._hooks_reconnect: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._hooks_error: list[Callable[..., Any]] = []
+        self._hooks_gap: list[Callable[..., Any]] = []
+        self._hook_runner: HookRunner | None = None
+        self._shared_worker: SharedWorker | None = None
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._ctx_tg: anyio.abc.TaskGroup | None = None
+        self._transport: Transport | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
+        self.first_connected = asyncio.Event()
+        self._stop_requested = False
+        self._active = False
+        self._finished = threading.Event()
+        self._finished.set()
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._fatal: BaseException | None = None
+        #: The fatal error that ended the client (e.g. ``AuthenticationError``), else None.
+        #: Kept after ``run_forever`` returns so the thread that started it can read it.
+        self.error: BaseException | None = None
+        self._state = "idle"
+
+        self._handler_errors = 0
+        self._reconnects = 0
+        self._failed_attempts = 0
+
+    def __repr__(self) -> str:
+        cred = self.__credential
+        shown = mask_secret(cred) if isinstance(cred, str) else "<callable>"
+        return f"<{type(self).__name__} {self._protocol.venue} key={shown} state={self._state}>"
+
+    # -- registration -----------------------------------------------------------------
+
+    def _register(
+        self, channel: Channel, handler: H | None, *, thread: bool, partial: bool = False
+    ) -> H | Callable[[H], H]:
+        def add(fn: H) -> H:
+            if not callable(fn):
+                raise ConfigurationError(f"a handler must be callable, not {type(fn).__name__}")
+            model = first_param_model(fn, self._models)
+            if model is not None and self._models[model] != channel.kind:
+                raise ConfigurationError(
+                    f"{callable_name(fn)} takes a {model.__name__} but is registered for "
+                    f"{channel.key}"
+                )
+            slot = Slot(
+                channel,
+                fn,
+                model=model,
+                conflate=conflation_key_for(self._kinds[channel.kind]),
+                thread=thread,
+                partial=partial,
+                max_queue=self._queue_size,
+                report=self._handler_failed,
+            )
+            if slot.is_async and thread:
+                raise ConfigurationError(
+                    f"{slot.name} is async; thread=True is for blocking sync handlers"
+                )
+            with self._lock:
+                self._slots.setdefault(channel.key, []).append(slot)
+                self._channels.setdefault(channel.key, channel)
+            self._schedule_reconcile()
+            return fn
+
+        return add(handler) if handler is not None else add
+
+    def _parse(self, channel: Channel | str) -> Channel:
+        if isinstance(channel, Channel):
+            return channel
+        return self._protocol.channel_for(channel)
+
+    def subscribe(self, *channels: Channel | str) -> None:
+        """Subscribe channels without a handler (their events go to ``listen()``).
+
+        Safe from any thread and from inside a handler; returns at once.
+
+        Example:
+            >>> ws.subscribe(Channel.ticker("BTCUSDT"), "candles:ETHUSDT:1m")
+        """
+        parsed = [self._parse(c) for c in channels]
+        with self._lock:
+            for ch in parsed:
+                self._explicit[ch.key] = ch
+                self._channels.setdefault(ch.key, ch)
+        self._schedule_reconcile()
+
+    def unsubscribe(self, *channels: Channel | str) -> None:
+        """Stop channels: their handlers are removed and the server is told.
+
+        Safe from any thread and from inside a handler; returns at once.
+
+        Example:
+            >>> ws.unsubscribe("ticker:BTCUSDT")
+        """
+        parsed = [self._parse(c) for c in channels]
+        with self._lock:
+            for ch in parsed:
+                self._explicit.pop(ch.key, None)
+                for slot in self._slots.pop(ch.key, []):
+                    slot.stopped = True  # its worker is cancelled by _sync, on the loop
+        self._schedule_reconcile()
+
+    def remove_handler(self, handler: Callable[..., Any]) -> int:
+        """Remove every registration of ``handler``; return how many there were.
+
+        A channel left with no handler is unsubscribed. Safe from any thread.
+
+        Example:
+            >>> ws.remove_handler(on_btc)
+            1
+        """
+        removed = 0
+        with self._lock:
+            for key in list(self._slots):
+                keep = []
+                for slot in self._slots[key]:
+                    if slot.fn is handler:
+                        slot.stopped = True  # its worker is cancelled by _sync, on the loop
+                        removed += 1
+                    else:
+                        keep.append(slot)
+                if keep:
+                    self._slots[key] = keep
+                else:
+                    del self._slots[key]
+        if removed:
+            self._schedule_reconcile()
+        return removed
+
+    @property
+    def channels(self) -> list[Channel]:
+        """The channels wanted now (with a handler, a listener or an explicit subscribe)."""
+        with self._lock:
+            return [self._channels[k] for k in sorted(self._wanted_keys())]
+
+    def _wanted_keys(self) -> set[str]:
+        return {k for k, v in self._slots.items() if v} | set(self._explicit)
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def on_connect(self, fn: H | None = None) -> Any:
+        """Call ``fn()`` after each successful connection (first and reconnects).
+
+        Example:
+            >>> @ws.on_connect
+            ... def connected():
+            ...     print("connected")
+        """
+        return self._add_hook(self._hooks_connect, fn)
+
+    def on_disconnect(self, fn: H | None = None) -> Any:
+        """Call ``fn(reason)`` each time a connection is lost (before reconnecting).
+
+        Example:
+            >>> @ws.on_disconnect
+            ... def lost(reason: str):
+            ...     print("lost:", reason)
+        """
+        return self._add_hook(self._hooks_disconnect, fn)
+
+    def on_reconnect(self, fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+        """Call ``fn(ws, *args)`` after every reconnect, sync or async (tastytrade style).
+
+        The channels are already subscribed again when it runs.
+
+        Example:
+            >>> async def resync(ws, orders_api):
+            ...     await orders_api.refresh()
+            >>> ws.on_reconnect(resync, orders_api)
+        """
+        if not callable(fn):
+            raise ConfigurationError("on_reconnect needs a callable")
+        with self._lock:
+            self._hooks_reconnect.append((fn, args))
+        return fn
+
+    def on_error(self, fn: H | None = None) -> Any:
+        """Call ``fn(exc, context)`` for every error the stream survives.
+
+        ``exc`` is an :class:`AgentStreamError` (``HandlerError``, ``ServerError``,
+        ``StreamConnectionError``, ``DecodeError``); ``context`` is a dict with
+        ``channel``, ``handler``, ``link`` or ``stage`` where they apply.
+
+        Example:
+            >>> @ws.on_error
+            ... def oops(exc, context):
+            ...     print("error:", exc, context)
+        """
+        return self._add_hook(self._hooks_error, fn)
+
+    def on_gap(self, fn: H | None = None) -> Any:
+        """Call ``fn(gap)`` for each channel that was down across a reconnect.
+
+        Called once per channel when its first event after the reconnect arrives, with
+        a :class:`Gap`: when the connection was lost and back, the exchange timestamps
+        of the last event before and the first after, and for candles exactly which
+        candles were missed. Use it to re-sync orders or candles over REST.
+
+        Example:
+            >>> @ws.on_gap
+            ... def gap(g):
+            ...     print(f"{g.channel} down {g.duration}; missed {g.missing_candle_count}")
+        """
+        return self._add_hook(self._hooks_gap, fn)
+
+    def _add_hook(self, hooks: list[Callable[..., Any]], fn: H | None) -> Any:
+        def add(f: H) -> H:
+            if not callable(f):
+                raise ConfigurationError("a hook must be callable")
+            with self._lock:
+                hooks.append(f)
+            return f
+
+        return add(fn) if fn is not None else add
+
+    # -- running ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, subscribe, and run until :meth:`disconnect` / :meth:`stop`.
+
+        Reconnects by itself; returns normally when stopped.
+
+        Raises:
+            AuthenticationError: the API key was rejected (no retry).
+
+        Example:
+            >>> asyncio.run(ws.connect())
+        """
+        await self._run()
+
+    async def disconnect(self) -> None:
+        """Stop the client and wait until it has closed its connections.
+
+        Example:
+            >>> await ws.disconnect()
+        """
+        self._request_stop()
+        done = self._done
+        if (
+            done is not None
+            and self._loop is not None
+            and threading.get_ident() == self._loop_thread
+        ):
+            await done.wait()
+
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """Stop the client from any thread; idempotent.
+
+        From another thread, waits up to ``timeout`` seconds for the client to finish
+        and returns whether it did. From the client's own thread it only requests the
+        stop (use ``await ws.disconnect()`` there) and returns False.
+
+        Example:
+            >>> thread = threading.Thread(target=ws.run_forever, daemon=True)
+            >>> thread.start()
+            >>> ws.stop()
+            True
+        """
+        if not self._active:
+            return True  # not running: nothing to stop, and nothing to remember
+        self._stop_requested = True
+        loop = self._loop
+        if loop is None:  # run_forever() is starting: _run sees the request and returns
+            return True
+        if threading.get_ident() == self._loop_thread:
+            self._request_stop()
+            return False
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._request_stop)
+        return self._finished.wait(timeout)
+
+    def run_forever(self) -> None:
+        """Run the client in the calling thread until :meth:`stop`, with its own event loop.
+
+        Meant for a daemon thread; the handlers run in that thread. Other threads can
+        call the client's async methods through :attr:`portal`.
+
+        Raises:
+            AuthenticationError: the API key was rejected; also kept in :attr:`error`.
+
+        Example:
+            >>> threading.Thread(target=ws.run_forever, daemon=True).start()
+        """
+
+        async def main() -> None:
+            async with anyio.from_thread.BlockingPortal() as portal:
+                self._portal = portal
+                try:
+                    await self._run(raise_fatal=False)
+                except AgentStreamError:
+                    pass  # kept in self._fatal, raised below outside the portal's task group
+                finally:
+                    self._portal = None
+
+        self._active = True  # so that a stop() from another thread is not lost meanwhile
+        try:
+            anyio.run(main)
+        finally:
+            self._active = False
+        if self._fatal is not None:
+            raise self._fatal
+
+    @property
+    def portal(self) -> anyio.from_thread.BlockingPortal | None:
+        """In :meth:`run_forever` mode, a portal other threads use to call async methods.
+
+        Example:
+            >>> ws.portal.call(ws.disconnect)
+        """
+        return self._portal
+
+    async def __aenter__(self) -> Self:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(self._run_ctx)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._ctx_tg = tg
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._request_stop()
+        tg, self._ctx_tg = self._ctx_tg, None
+        if tg is not None:
+            await tg.__aexit__(*exc)
+        if self._fatal is not None and exc[0] is None:
+            raise self._fatal
+
+    async def _run_ctx(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        # A fatal error before the first connection is raised here, so `async with`
+        # raises it; a later one is kept and raised by __aexit__.
+        await self._run(task_status=task_status, raise_fatal=False)
+
+    async def listen(
+        self, model: type[E], symbol: str | None = None, interval: str | None = None
+    ) -> AsyncIterator[E]:
+        """Iterate over typed events of one kind, as tastytrade's ``listen()`` does.
+
+        A kind without symbols (``listen(OrderUpdate)``) subscribes its channel; with a
+        symbol (``listen(Ticker, "BTCUSDT")``, ``listen(Candle, "BTCUSDT", "1m")``) that
+        channel; without one (``listen(Ticker)``) it yields from every subscribed channel
+        of the kind.
+
+        Example:
+            >>> async with ws:
+            ...     async for order in ws.listen(OrderUpdate):
+            ...         print(order.order_id, order.status)
+
+        Raises:
+            ConfigurationError: ``model`` is not one of this venue's models, or a symbol
+                or interval is missing or invalid.
+        """
+        kind = self._models.get(model)
+        if kind is None:
+            names = ", ".join(m.__name__ for m in self._models)
+            raise ConfigurationError(f"listen() takes one of {names}")
+        spec = self._kinds[kind]
+        channel: Channel | None
+        if not spec.symbol:
+            channel = Channel.of(spec)
+        elif symbol is not None:
+            if spec.intervals is not None and interval is None:
+                raise ConfigurationError(f"listen({model.__name__}, symbol) needs an interval")
+            channel = Channel.of(spec, symbol, interval)
+        else:
+            channel = None
+        slot = Slot(
+            channel or kind,
+            None,
+            model=model,
+            conflate=conflation_key_for(spec),
+            partial=True,
+            max_queue=self._queue_size,
+        )
+        with self._lock:
+            if channel is not None:
+                self._slots.setdefault(channel.key, []).append(slot)
+                self._channels.setdefault(channel.key, channel)
+            else:
+                self._kind_listeners.setdefault(kind, []).append(slot)
+        self._schedule_reconcile()
+        try:
+            while True:
+                if self._finished.is_set() and not slot.queue:
+                    return
+                event = await self._next_or_end(slot)
+                if event is _END:
+                    if self._fatal is not None:
+                        raise self._fatal
+                    return
+                yield event
+        finally:
+            with self._lock:
+                if channel is not None:
+                    slots = self._slots.get(channel.key, [])
+                    if slot in slots:
+                        slots.remove(slot)
+                    if not slots:
+                        self._slots.pop(channel.key, None)
+                else:
+                    self._kind_listeners.get(kind, []).remove(slot)
+            self._schedule_reconcile()
+
+    async def _next_or_end(self, slot: Slot) -> Any:
+        while not slot.queue:
+            if self._finished.is_set() or (
+                self._stop_event is not None and self._stop_event.is_set()
+            ):
+                return _END
+            slot.wake.clear()
+            await slot.wake.wait()  # set by a push, or by _wake_listeners when stopping
+        return slot.queue.popleft()
+
+    def _wake_listeners(self) -> None:
+        """Let every ``listen()`` see that the client is stopping or stopped."""
+        with self._lock:
+            slots = [s for v in self._slots.values() for s in v if s.fn is None]
+            slots += [s for v in self._kind_listeners.values() for s in v]
+        for slot in slots:
+            slot.wake.set()
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def _run(
+        self,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        raise_fatal: bool = True,
+    ) -> None:
+        if not self._finished.is_set():
+            raise RuntimeError("this client is already running")
+        self._active = True
+        self._finished.clear()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop_event = asyncio.Event()
+        self._done = asyncio.Event()
+        self._ready = asyncio.Event()
+        self.first_connected = asyncio.Event()
+        self._fatal = None
+        self.error = None
+        self._hook_runner = HookRunner()
+        with self._lock:
+            for slot in [s for v in self._slots.values() for s in v] + [
+                s for v in self._kind_listeners.values() for s in v
+            ]:
+                slot.bind_loop()
+        self._links = []
+        self._placement = {}
+        self._derived = {}
+        self._aggregators = {}
+        self._running_slots = set()
+        self._state = "connecting"
+        started = False
+        try:
+            if self._stop_requested:
+                return
+            async with (
+                Transport(
+                    ssl=self._ssl,
+                    connect_timeout=self._connect_timeout,
+                    close_timeout=self._close_timeout,
+                    max_message_size=self._max_message_size,
+                    auth_statuses=self._protocol.auth_http_statuses,
+                ) as transport,
+                anyio.create_task_group() as tg,
+            ):
+                self._transport = transport
+                self._tg = tg
+                tg.start_soon(self._hook_runner.run)
+                self._shared_worker = SharedWorker(tg.start_soon)
+                tg.start_soon(self._shared_worker.run)
+                self._reconcile()
+                if not self._links:
+                    self._new_link()
+                await _first_of(self._ready, self._stop_event)
+                if not self._stop_event.is_set():
+                    task_status.started()
+                    started = True
+                    await self._stop_event.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            if self._shared_worker is not None:
+                # Undelivered events stay in their handlers' own queues for a next run.
+                self._shared_worker.release_all()
+                self._shared_worker = None
+            for slot in self._running_slots:
+                if slot.inline:
+                    slot.cancel()  # no more drains once stopped (tasks ended with the group)
+            self._state = "failed" if self._fatal is not None else "stopped"
+            self._tg = None
+            self._transport = None
+            self._links = []
+            self._placement = {}
+            self._running_slots = set()
+            self._loop = None
+            self._loop_thread = None
+            self._stop_requested = False
+            self._active = False
+            self._finished.set()
+            self._done.set()
+            self._wake_listeners()
+        fatal = self._fatal_error()
+        if fatal is not None and (raise_fatal or not started):
+            raise fatal
+
+    def _fatal_error(self) -> BaseException | None:
+        return self._fatal  # set by a link task while _run awaited
+
+    def _request_stop(self) -> None:
+        if not self._active:
+            return
+        self._stop_requested = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+            self._wake_listeners()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._fatal = exc
+        self.error = exc
+        self.log.error("agentstream stopped: %s", exc)
+        self._request_stop()
+
+    # -- links and channel placement (loop thread only) -------------------------------
+
+    def _schedule_reconcile(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread and not self._router.feeding:
+            self._reconcile()
+        elif threading.get_ident() == self._loop_thread:
+            # From a handler the reader is calling: change the routes after its batch,
+            # not under the frames it is routing.
+            loop.call_soon(self._reconcile)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._reconcile)
+
+    def _reconcile(self) -> None:
+        """Make routes, workers and link assignments match the registry."""
+        if self._tg is None:
+            return
+        with self._lock:
+            wanted = self._wanted_keys()
+            routes: dict[str, Route] = {}
+            for key in wanted:
+                ch = self._channels[key]
+                spec = self._kinds[ch.kind]
+                slots = self._slots.get(key, [])
+                listeners = self._kind_listeners.get(ch.kind, [])
+                wild = spec.wildcard is not None and f"{spec.name}:{spec.wildcard}" in wanted
+                if wild and ch.symbol != spec.wildcard:
+                    listeners = []  # they get every symbol from the wildcard's route
+                typed = tuple(s for s in slots if s.model is not None) + tuple(listeners)
+                plain = tuple(s for s in slots if s.model is None)
+                routes[key] = Route(key, spec, plain, typed)
+            derived = {t: src for t, src in self._derived.items() if t in wanted}
+            for target, source in derived.items():
+                self._feed_derived(routes, routes[target], source)
+            self._router.rebuild(routes)
+            new_slots = [
+                s
+                for key in wanted
+                for s in self._slots.get(key, [])
+                if s.fn is not None and s not in self._running_slots
+            ]
+            registered = {s for v in self._slots.values() for s in v}
+        for slot in [s for s in self._running_slots if s not in registered]:
+            slot.cancel()
+            self._running_slots.discard(slot)
+        for slot in new_slots:
+            self._running_slots.add(slot)
+            slot.start(self._tg.start_soon, self._shared_worker)
+        # With a wildcard channel (ticker:all) the server already sends every symbol
+        # once; subscribing single ones too would deliver their events twice. Routes
+        # still serve their handlers. A channel built from a finer one is not sent; the
+        # finer one is.
+        on_wire = set(wanted) - set(derived)
+        for key in wanted:
+            ch = self._channels[key]
+            spec = self._kinds[ch.kind]
+            every = spec.wildcard
+            if every is not None and ch.symbol != every and f"{spec.name}:{every}" in wanted:
+                on_wire.discard(key)
+        sources = {src.key: src for src in derived.values()}
+        on_wire |= set(sources)
+        for key in list(self._placement):
+            if key not in on_wire:
+                self._placement.pop(key).release(key)
+        for key in sorted(on_wire):
+            if key not in self._placement:
+                self._place(self._channels.get(key) or sources[key])
+
+    def _feed_derived(self, routes: dict[str, Route], target: Route, source: Channel) -> None:
+        """Route ``source``'s events through the venue's aggregator into ``target``'s."""
+        spec = self._kinds[source.kind]
+        src = routes.get(source.key) or Route(source.key, spec, (), ())
+        channel = self._channels[target.key]
+        sinks: dict[bool, tuple[Any, ...]] = {}
+        for typed, slots in ((False, target.dict_slots), (True, target.typed_slots)):
+            if not slots:
+                sinks[typed] = ()
+                continue
+            # One aggregator per representation, kept across rebuilds (it holds the
+            # candles of the forming window).
+            derive = self._aggregators.get((target.key, typed))
+            if derive is None:
+                partial = any(s.partial for s in slots)
+                derive = self._protocol.derive(channel, source, partial=partial)
+                self._aggregators[target.key, typed] = derive
+            sinks[typed] = (DerivedSink(derive, target, typed),)
+        routes[source.key] = Route(
+            source.key, spec, src.dict_slots + sinks[False], src.typed_slots + sinks[True]
+        )
+
+    def _place(self, channel: Channel, exclude: Link | None = None) -> None:
+        for link in self._links:
+            if link is not exclude and not link.retired and len(link.channels) < self._limit:
+                break
+        else:
+            link = self._new_link()
+        link.assign(channel)
+        self._placement[channel.key] = link
+
+    def _new_link(self) -> Link:
+        assert self._tg is not None
+        link = Link(self, self._router, self._link_config, len(self._links))
+        self._links.append(link)
+        # Private events reach every socket of the account: deliver each once.
+        self._router.dedup_private = len(self._links) > 1
+        self._tg.start_soon(self._run_link, link)
+        return link
+
+    async def _run_link(self, link: Link) -> None:
+        try:
+            await link.run()
+        except AgentStreamError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            # A bug of ours: the client stops loudly (connect() raises it) instead of
+            # retrying in silence.
+            self.log.exception("%s failed unexpectedly; stopping", link.label)
+            self._fail(exc)
+
+    # -- LinkHost: what the links ask of the client ------------------------------------
+
+    async def token(self, *, fresh: bool = False) -> str:
+        """The current credential (``fresh`` is a hint; a callable is called every time).
+
+        Raises:
+            AuthenticationError: the credential callable raised or returned no string.
+        """
+        cred = self.__credential
+        if isinstance(cred, str):
+            return cred
+        try:
+            value = cred()
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            raise AuthenticationError(
+                f"the credential callable {callable_name(cred)} raised {type(exc).__name__}"
+            ) from exc
+        if not isinstance(value, str) or not value.strip():
+            raise AuthenticationError(
+                f"the credential callable {callable_name(cred)} returned no credential"
+            )
+        return value
+
+    async def open_socket(self, token: str) -> Connection:
+        """The venue's pre-connect step (if any), then the socket."""
+        transport = self._transport
+        assert transport is not None
+        protocol = self._protocol
+        request = protocol.pre_connect(token)
+        answer = await transport.request(request) if request is not None else None
+        return await transport.connect(protocol.handshake(token, answer))
+
+    def channel(self, key: str) -> Channel | None:
+        return self._channels.get(key) or next(
+            (s for s in self._derived.values() if s.key == key), None
+        )
+
+    def refused(self, link: Link, key: str, effect: str) -> bool:
+        if effect == "limit":
+            return self._learn_limit(link, key)
+        channel = self._channels.get(key)
+        source = self._protocol.fallback(channel) if channel is not None else None
+        if source is None or key in self._derived:
+            return False
+        self.log.info(
+            "the server does not serve %s; building it from %s (closed candles, aligned "
+            "to UTC interval boundaries)",
+            key,
+            source.key,
+        )
+        self._derived[key] = source
+        link.gaps.open.pop(key, None)
+        self._schedule_reconcile()
+        return True
+
+    def _learn_limit(self, link: Link, key: str) -> bool:
+        # The server answers in order: what it accepted before refusing is acked by now.
+        accepted = len(link.acked)
+        if accepted == 0:
+            # Refused on an otherwise empty connection: another connection would be
+            # refused too (a per-account limit). Keep it off the wire instead of opening
+            # socket after socket; it is reported to on_error.
+            self.log.warning("the server refused %s with no other subscription open", key)
+            return False
+        if accepted < self._limit:
+            self.log.warning(
+                "the server allows %d subscriptions per connection; opening another for %s",
+                max(accepted, 1),
+                key,
+            )
+            self._limit = max(accepted, 1)
+        link.release(key)
+        self._placement.pop(key, None)
+        self._place(self.channel(key) or Channel.parse(key, self._kinds), exclude=link)
+        return True
+
+    def connect_failed(self, link: Link) -> None:
+        self._failed_attempts += 1
+
+    def link_up(self, link: Link, reconnect: bool) -> None:
+        self._state = "connected"
+        runner = self._hook_runner
+        assert runner is not None
+        if reconnect:
+            self._reconnects += 1
+            self.log.info("%s: reconnected", link.label)
+        else:
+            self.log.info("%s: connected", link.label)
+        with self._lock:
+            connect_hooks = list(self._hooks_connect)
+            reconnect_hooks = list(self._hooks_reconnect) if reconnect else []
+        for fn in connect_hooks:
+            runner.submit(fn)
+        for fn, args in reconnect_hooks:
+            runner.submit(fn, self, *args)
+
+    def link_ready(self, link: Link) -> None:
+        if link.index == 0 and self._ready is not None:
+            self._ready.set()
+
+    def link_proven(self, link: Link) -> None:
+        """``link``'s server accepted the credentials for real (an ack, data, or time open).
+
+        Only then do extra links connect: a server that accepts the upgrade and then
+        closes with 4401 costs exactly one handshake, however many channels are wanted.
+        """
+        self.first_connected.set()
+
+    def link_down(self, link: Link, reason: str) -> None:
+        self._router.link_down(link.gaps, link.sent & set(link.channels), reason)
+        if not any(lk.conn is not None for lk in self._links):
+            self._state = "reconnecting"
+        self._call_hooks(self._hooks_disconnect, reason)
+
+    # -- errors -----------------------------------------------------------------------
+
+    def _call_hooks(self, hooks: list[Callable[..., Any]], *args: Any) -> None:
+        """Queue ``fn(*args)`` for each hook on the hook runner (a no-op when not running)."""
+        runner = self._hook_runner
+        if runner is None:
+            return
+        with self._lock:
+            snapshot = list(hooks)
+        for fn in snapshot:
+            runner.submit(fn, *args)
+
+    def emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
+        self._call_hooks(self._hooks_error, exc, context)
+
+    def _handler_failed(self, slot: Slot, exc: BaseException, event: Any) -> None:
+        self._handler_errors += 1
+        channel = slot.channel if isinstance(slot.channel, str) else slot.channel.key
+        try:
+            text = str(exc)
+        except Exception:  # a user exception whose __str__ raises
+            text = "<unprintable>"
+        if self._handler_errors <= 10 or self._handler_errors % 1000 == 0:
+            self.log.error(
+                "handler %s raised on %s: %s: %s (%d handler errors so far)",
+                slot.name,
+                channel,
+                type(exc).__name__,
+                text,
+                self._handler_errors,
+                exc_info=exc if self._handler_errors <= 10 else None,
+            )
+        err = HandlerError(
+            f"handler {slot.name} raised {type(exc).__name__}: {text}",
+            handler=slot.name,
+            channel=channel,
+        )
+        err.__cause__ = exc
+        self.emit_error(err, {"channel": channel, "handler": slot.name})
+
+    def emit_gap(self, gap: Gap) -> None:
+        self.log.warning(
+            "gap on %s: down %.1f s (%s)%s",
+            gap.channel,
+            gap.duration.total_seconds(),
+            gap.reason,
+            f", {gap.missing_candle_count} candle(s) missed" if gap.missing_candle_count else "",
+        )
+        self._call_hooks(self._hooks_gap, gap)
+
+    # -- stats ------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> Stats:
+        """Counters and state (a snapshot; read it as often as you like).
+
+        Example:
+            >>> print(ws.stats.messages_total, ws.stats.reconnects)
+        """
+        with self._lock:
+            slots = [s for v in self._slots.values() for s in v] + [
+                s for v in self._kind_listeners.values() for s in v
+            ]
+        router = self._router
+        times = [lk.last_frame_at for lk in self._links if lk.last_frame_at]
+        if router.last_frame_at is not None:
+            times.append(router.last_frame_at)
+        last = max(times) if times else None
+        counts = router.counts()
+        return Stats(
+            state=self._state,
+            connections=sum(1 for lk in self._links if lk.conn is not None),
+            reconnects=self._reconnects,
+            failed_attempts=self._failed_attempts,
+            messages=counts,
+            messages_total=sum(counts.values()),
+            control_messages=router.control,
+            pings=router.pings,
+            dropped_frames=router.dropped,
+            invalid_events=router.invalid,
+            handler_errors=self._handler_errors,
+            conflated=sum(s.conflated for s in slots),
+            server_errors=router.server_errors,
+            gaps=router.gaps,
+            queued=sum(len(s.queue) for s in slots),
+            last_message_age=None if last is None else time.monotonic() - last,
+            heartbeats=router.heartbeats,
+            duplicate_events=router.duplicates,
+        )
+
+
+_END: Any = object()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: asyncio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
