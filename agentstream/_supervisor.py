@@ -129,7 +129,8 @@ class Link:
         self.dirty = asyncio.Event()
         self.retired = False
         self.ready = asyncio.Event()
-        #: Set when the opening message that must be acked first was acked.
+        #: Set when an opening message that must be acked first was acked, then for good
+        #: once every opening message is sent (and acked where the venue asks).
         self.opened = asyncio.Event()
         #: Data frames received on the current connection.
         self.data_frames = 0
@@ -327,6 +328,8 @@ class Link:
             await self._send(conn, out)
             if out.await_ack:
                 await self.opened.wait()
+                self.opened.clear()
+        self.opened.set()  # the session is open: heartbeats may start
         while True:
             self.dirty.clear()
             wanted = self.wanted
@@ -363,6 +366,7 @@ class Link:
 
     async def _heartbeats(self, conn: Connection, interval: float) -> None:
         """The venue's periodic client message, with a credential read fresh each time."""
+        await self.opened.wait()  # nothing before the opening messages are acked
         while True:
             await anyio.sleep(interval)
             out = self.protocol.heartbeat_message(await self.host.token())

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import pytest
 
 from agentstream import AgentExchangeWS
+from agentstream._client import StreamClient
 from agentstream.sim import DEMO_API_KEY, SimExchange
+
+C = TypeVar("C", bound=StreamClient)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -79,7 +82,7 @@ def make_client(sim: SimExchange, **options: Any) -> AgentExchangeWS:
 
 
 @contextlib.asynccontextmanager
-async def running(ws: AgentExchangeWS) -> AsyncIterator[AgentExchangeWS]:
+async def running(ws: C) -> AsyncIterator[C]:
     """Run ``ws.connect()`` in the background for the block; stop it afterwards."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(ws.connect)

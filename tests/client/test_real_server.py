@@ -84,7 +84,12 @@ async def test_sparse_order_events_are_delivered_not_dropped() -> None:
         assert [o.order_id for o in typed] == [d["order_id"] for d in plain]
         filled = next(o for o in typed if o.status == "filled")
         assert filled.order_id == order["order_id"]
-        assert (filled.quantity, filled.symbol, filled.side, filled.type) == (Decimal(0), "", "", "")
+        assert (filled.quantity, filled.symbol, filled.side, filled.type) == (
+            Decimal(0),
+            "",
+            "",
+            "",
+        )
         assert filled.executed_quantity == Decimal("0.01")
         assert plain[-1]["quantity"] == "0"
 
