@@ -241,3 +241,28 @@ async def test_a_flood_of_control_frames_cannot_make_the_reader_uncancellable(
     finally:
         proc.kill()
         await proc.aclose()
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private-abort", "public-api-only"])
+async def test_a_silent_socket_is_replaced_with_or_without_aiohttps_internals(
+    private: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's private attributes are a fast path only: with them switched off (as on an
+    aiohttp version outside the checked range), the reader uses receive() and a stale
+    socket is dropped through the public socket (shutdown), and the client recovers."""
+    from agentstream.sim import SimExchange
+
+    from .conftest import make_client, running, wait_for
+
+    monkeypatch.setattr(transport, "FAST_READ", private)
+    monkeypatch.setattr(transport, "PRIVATE_ABORT", private)
+    async with SimExchange(tick_rate=200, ping_interval=60) as sim:
+        ws = make_client(sim, stale_timeout=0.3)
+        got: list[object] = []
+        ws.on_ticker("BTCUSDT", got.append)
+        async with running(ws):
+            await wait_for(lambda: len(got) > 2)
+            assert sim.go_silent() == 1
+            await wait_for(lambda: ws.stats.reconnects >= 1, what="the stale socket replaced")
+            n = len(got)
+            await wait_for(lambda: len(got) > n + 2, what="data again")
