@@ -13,7 +13,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -780,7 +780,7 @@ class StreamClient:
                     listeners = []  # they get every symbol from the wildcard's route
                 typed = tuple(s for s in slots if s.model is not None) + tuple(listeners)
                 plain = tuple(s for s in slots if s.model is None)
-                routes[key] = Route(key, spec, plain, typed)
+                routes[key] = self._stage(Route(key, spec, plain, typed))
             derived = {t: src for t, src in self._derived.items() if t in wanted}
             for target, source in derived.items():
                 self._feed_derived(routes, routes[target], source)
@@ -817,6 +817,20 @@ class StreamClient:
         for key in sorted(on_wire):
             if key not in self._placement:
                 self._place(self._channels.get(key) or sources[key])
+
+    def _stage(self, route: Route) -> Route:
+        """A venue's hook: the route the router uses for ``route`` (default: itself).
+
+        A venue that must do something between decoding and the handlers (Tradier looks
+        orders up) returns a route whose slots are its own sinks, which push to
+        ``route``'s handlers.
+        """
+        return route
+
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task of the running client (a no-op when stopped)."""
+        if self._tg is not None:
+            self._tg.start_soon(fn, *args)
 
     def _feed_derived(self, routes: dict[str, Route], target: Route, source: Channel) -> None:
         """Route ``source``'s events through the venue's aggregator into ``target``'s."""
@@ -961,15 +975,24 @@ class StreamClient:
             self.log.info("%s: connected", link.label)
         with self._lock:
             connect_hooks = list(self._hooks_connect)
-            reconnect_hooks = list(self._hooks_reconnect) if reconnect else []
         for fn in connect_hooks:
             runner.submit(fn)
-        for fn, args in reconnect_hooks:
-            runner.submit(fn, self, *args)
 
-    def link_ready(self, link: Link) -> None:
+    def link_ready(self, link: Link, reconnect: bool) -> None:
         if link.index == 0 and self._ready is not None:
             self._ready.set()
+        if reconnect:
+            # After the subscriptions went out again (tastytrade's reconnect callback).
+            with self._lock:
+                hooks = list(self._hooks_reconnect)
+            runner = self._hook_runner
+            if runner is not None:
+                for fn, args in hooks:
+                    runner.submit(fn, self, *args)
+
+    @property
+    def can_refresh(self) -> bool:
+        return callable(self.__credential)
 
     def link_proven(self, link: Link) -> None:
         """``link``'s server accepted the credentials for real (an ack, data, or time open).

@@ -36,6 +36,7 @@ from agentstream.protocols.base import (
     Ack,
     AuthFailed,
     BadFrame,
+    Batch,
     Data,
     Heartbeat,
     Inbound,
@@ -663,6 +664,12 @@ class Router:
 
     def _slow(self, link: FeedTarget, data: str | bytes) -> str | None:
         inbound: Inbound = self.protocol.classify(data)
+        if isinstance(inbound, Batch):
+            replies = [r for item in inbound.items if (r := self._one(link, item, data))]
+            return replies[0] if replies else None
+        return self._one(link, inbound, data)
+
+    def _one(self, link: FeedTarget, inbound: Inbound, data: str | bytes) -> str | None:
         if isinstance(inbound, Data):
             link.data_frames += 1
             spec = self.kinds.get(inbound.kind)
@@ -686,7 +693,7 @@ class Router:
             self.heartbeats += 1
         elif isinstance(inbound, Noise):
             self.host.log.debug("ignored a control message of type %r", inbound.what)
-        else:
+        elif not isinstance(inbound, Batch):  # (a batch inside a batch: nothing)
             err = link.on_control(inbound)
             if err is not None:
                 self.server_errors += 1

@@ -67,6 +67,11 @@ class LinkHost(typing.Protocol):
 
     #: Set once a link's server has accepted the credentials (extra links wait for it).
     first_connected: asyncio.Event
+    @property
+    def can_refresh(self) -> bool:
+        """The credential comes from a callable (a fresh one may be accepted after a
+        refusal)."""
+        ...
 
     async def token(self, *, fresh: bool = False) -> str:
         """The current credential; ``fresh`` asks its source for a new one."""
@@ -87,8 +92,8 @@ class LinkHost(typing.Protocol):
 
     def link_up(self, link: Link, reconnect: bool) -> None: ...
 
-    def link_ready(self, link: Link) -> None:
-        """``link`` has sent its subscriptions."""
+    def link_ready(self, link: Link, reconnect: bool) -> None:
+        """``link`` has sent its subscriptions (on a new socket, or a reconnect)."""
         ...
 
     def link_down(self, link: Link, reason: str) -> None: ...
@@ -138,6 +143,8 @@ class Link:
         self.last_frame_at = 0.0
         #: Whether the server has shown it accepted the credentials (ack, data, or time).
         self.proven = False
+        #: Whether the current connection replaces an earlier one.
+        self._reconnect = False
         #: Why the server ended the current connection in a message, if it did.
         self.ended: AuthFailed | Reconnect | None = None
         #: Channels down since a disconnect, until their first event (for on_gap).
@@ -209,7 +216,7 @@ class Link:
                     close_code=info.code,
                 )
             if isinstance(ended, AuthFailed):
-                if ended.refreshable and not refreshed:
+                if ended.refreshable and host.can_refresh and not refreshed:
                     # An expired access token looks like a bad one: try once with a
                     # fresh one before giving up.
                     log.warning(
@@ -252,6 +259,7 @@ class Link:
         self.proven = False
         try:
             async with anyio.create_task_group() as tg:
+                self._reconnect = reconnect
                 tg.start_soon(self._control, conn, token)
                 if self.protocol.heartbeat_interval:
                     tg.start_soon(self._heartbeats, conn, self.protocol.heartbeat_interval)
@@ -324,7 +332,9 @@ class Link:
     async def _control(self, conn: Connection, token: str) -> None:
         """Open the session, then keep the subscriptions equal to the link's channels."""
         protocol = self.protocol
-        for out in protocol.open_messages(token):
+        opening = [self.channels[k] for k in sorted(self.wanted) if k in self.channels]
+        for out in protocol.open_messages(token, opening):
+            self.sent.update(out.covers)
             await self._send(conn, out)
             if out.await_ack:
                 await self.opened.wait()
@@ -356,7 +366,7 @@ class Link:
                     await self._send(conn, out)
             if not self.ready.is_set():
                 self.ready.set()
-                self.host.link_ready(self)
+                self.host.link_ready(self, self._reconnect)
             if not self.dirty.is_set():
                 if not self.channels and self.index > 0:
                     self.retired = True
@@ -401,6 +411,8 @@ class Link:
             if out is not None:
                 if out.await_ack:
                     self.opened.set()
+                for covered in out.covers:
+                    self.acked.add(covered)
                 key = key or out.key
         if key is None:
             return

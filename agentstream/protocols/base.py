@@ -47,6 +47,7 @@ __all__ = [
     "Ack",
     "AuthFailed",
     "BadFrame",
+    "Batch",
     "Data",
     "Handshake",
     "Heartbeat",
@@ -146,6 +147,7 @@ class Outgoing:
     Attributes:
         text: the message.
         key: the channel key it subscribes or unsubscribes, if one.
+        covers: other channel keys it subscribes (see below).
         request_id: the id the server echoes in its answer, if the protocol uses them.
         await_ack: nothing else is sent on the socket until this one is acknowledged.
     """
@@ -154,6 +156,9 @@ class Outgoing:
     key: str | None = None
     request_id: int | None = None
     await_ack: bool = False
+    #: Channel keys this message subscribes besides ``key`` (an opening message that
+    #: names them, like tastytrade's ``connect`` with its accounts): not sent again.
+    covers: tuple[str, ...] = ()
 
 
 # -- inbound frames --------------------------------------------------------------------
@@ -240,13 +245,22 @@ class Noise:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Several inbound messages in one frame (tastytrade's ``{"results": [...]}``)."""
+
+    items: tuple[Inbound, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BadFrame:
     """A frame that follows no shape of the protocol: dropped and counted."""
 
     why: str
 
 
-Inbound = Data | Ping | Heartbeat | Ack | Refused | AuthFailed | Reconnect | Noise | BadFrame
+Inbound = (
+    Data | Ping | Heartbeat | Ack | Refused | AuthFailed | Reconnect | Noise | BadFrame | Batch
+)
 
 
 class VenueProtocol(abc.ABC):
@@ -293,8 +307,12 @@ class VenueProtocol(abc.ABC):
 
     # -- what to send ------------------------------------------------------------------
 
-    def open_messages(self, token: str) -> list[Outgoing]:
-        """Messages to send as soon as the socket is open, before any subscription."""
+    def open_messages(self, token: str, wanted: list[Channel]) -> list[Outgoing]:
+        """Messages to send as soon as the socket is open, before any subscription.
+
+        ``wanted``: the socket's channels (an opening message may subscribe some; it
+        says which in ``Outgoing.covers``).
+        """
         return []
 
     @abc.abstractmethod

@@ -98,7 +98,7 @@ class ToyProtocol(VenueProtocol):
         self.session = body["session"]
         return Handshake(body["url"])
 
-    def open_messages(self, token: str) -> list[Outgoing]:
+    def open_messages(self, token: str, wanted: list[Channel]) -> list[Outgoing]:
         rid = next(self.ids)
         text = _enc.encode({"op": "hello", "session": self.session, "id": rid}).decode()
         return [Outgoing(text, request_id=rid, await_ack=True)]
