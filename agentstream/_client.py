@@ -210,6 +210,8 @@ class StreamClient:
         self._links: list[Link] = []
         self._placement: dict[str, Link] = {}
         self._running_slots: set[Slot] = set()
+        #: Every listen() iterator's slot, to wake them when they must end.
+        self._listen_slots: set[Slot] = set()
         #: Channels the server refused that are built from a finer one: target -> source.
         self._derived: dict[str, Channel] = {}
         self._aggregators: dict[tuple[str, bool], Callable[[Any], list[Any]]] = {}
@@ -599,6 +601,7 @@ class StreamClient:
             max_queue=self._queue_size,
         )
         with self._lock:
+            self._listen_slots.add(slot)
             if channel is not None:
                 self._slots.setdefault(channel.key, []).append(slot)
                 self._channels.setdefault(channel.key, channel)
@@ -617,6 +620,7 @@ class StreamClient:
                 yield event
         finally:
             with self._lock:
+                self._listen_slots.discard(slot)
                 if channel is not None:
                     slots = self._slots.get(channel.key, [])
                     if slot in slots:
@@ -629,21 +633,24 @@ class StreamClient:
 
     async def _next_or_end(self, slot: Slot) -> Any:
         while not slot.queue:
-            if self._finished.is_set() or (
-                self._stop_event is not None and self._stop_event.is_set()
+            if (
+                slot.stopped  # its channel was unsubscribed
+                or self._finished.is_set()
+                or (self._stop_event is not None and self._stop_event.is_set())
             ):
                 return _END
             slot.wake.clear()
             await slot.wake.wait()  # set by a push, or by _wake_listeners when stopping
         return slot.queue.popleft()
 
-    def _wake_listeners(self) -> None:
-        """Let every ``listen()`` see that the client is stopping or stopped."""
+    def _wake_listeners(self, *, stopped_only: bool = False) -> None:
+        """Let ``listen()`` iterators see that the client is stopping or stopped (or, with
+        ``stopped_only``, that their channel was unsubscribed). On the loop thread."""
         with self._lock:
-            slots = [s for v in self._slots.values() for s in v if s.fn is None]
-            slots += [s for v in self._kind_listeners.values() for s in v]
+            slots = list(self._listen_slots)
         for slot in slots:
-            slot.wake.set()
+            if slot.stopped or not stopped_only:
+                slot.wake.set()
 
     # -- the run ----------------------------------------------------------------------
 
@@ -795,6 +802,7 @@ class StreamClient:
         for slot in [s for s in self._running_slots if s not in registered]:
             slot.cancel()
             self._running_slots.discard(slot)
+        self._wake_listeners(stopped_only=True)  # an unsubscribed listen() ends
         for slot in new_slots:
             self._running_slots.add(slot)
             slot.start(self._tg.start_soon, self._shared_worker)

@@ -420,6 +420,32 @@ async def test_listen_yields_typed_events(sim: SimExchange) -> None:
     assert next(iter(sim.connection_log)).subscribe_requests == ["ticker:BTCUSDT"]
 
 
+@pytest.mark.parametrize("then_stop", [False, True], ids=["running", "then-stopped"])
+async def test_a_listen_whose_channel_is_unsubscribed_ends(
+    sim: SimExchange, then_stop: bool
+) -> None:
+    """Nothing polls: the iterator must be woken when its channel goes (and on stop)."""
+    ws = make_client(sim)
+    ws.on_ticker("ETHUSDT", lambda d: None)  # keeps the client streaming meanwhile
+    got: list[Ticker] = []
+    ended = anyio.Event()
+
+    async def consume() -> None:
+        async for t in ws.listen(Ticker, "BTCUSDT"):
+            got.append(t)
+        ended.set()
+
+    with anyio.fail_after(5):
+        async with ws, anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await wait_for(lambda: len(got) >= 2)
+            ws.unsubscribe("ticker:BTCUSDT")
+            if then_stop:
+                await ws.disconnect()
+            await ended.wait()
+    await wait_for(lambda: sim.subscriptions() in ([], [{"ticker:ETHUSDT"}]))
+
+
 async def test_hooks_connect_disconnect_reconnect(sim: SimExchange) -> None:
     ws = make_client(sim)
     events: list[Any] = []

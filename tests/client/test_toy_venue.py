@@ -213,6 +213,7 @@ class ToyServer:
                     tg.start_soon(ack_later, m["id"])
                 elif m.get("op") == "sub":
                     if not hello:  # a subscription before the hello's ack: a client bug
+                        self.early_subs += 1
                         await ws.send_str(
                             _enc.encode({"nack": m["id"], "error": "hello first"}).decode()
                         )
