@@ -231,10 +231,15 @@ class CandleAggregator:
         source_seconds: the source interval's length in seconds (300); it must divide
             ``interval_seconds``.
         partial: build forming updates; pass False when no handler wants them.
+        complete_only: deliver only exact candles: a window that misses any source
+            candle (the first one after a start or reconnect, or one across a gap) is
+            withheld and counted in ``withheld``, and forming updates are built only
+            while every source candle of the window so far has arrived.
 
     Attributes:
         delivered: closed windows delivered.
-        incomplete: of those, windows that missed some source candle.
+        incomplete: windows that missed some source candle when they closed.
+        withheld: of those, windows not delivered (``complete_only``).
         ignored: late, duplicate or stale source updates dropped.
         invalid: invalid inputs dropped.
 
@@ -252,6 +257,7 @@ class CandleAggregator:
         "_per_window",
         "_symbol_key",
         "_win",
+        "complete_only",
         "delivered",
         "ignored",
         "incomplete",
@@ -261,6 +267,7 @@ class CandleAggregator:
         "partial",
         "source_seconds",
         "symbol",
+        "withheld",
     )
 
     def __init__(
@@ -271,6 +278,7 @@ class CandleAggregator:
         source_seconds: int,
         *,
         partial: bool = True,
+        complete_only: bool = False,
     ) -> None:
         for name, value in (
             ("interval_seconds", interval_seconds),
@@ -288,7 +296,9 @@ class CandleAggregator:
         self.interval_seconds = interval_seconds
         self.source_seconds = source_seconds
         self.partial = partial
+        self.complete_only = complete_only
         self.delivered = 0
+        self.withheld = 0
         self.incomplete = 0
         self.ignored = 0
         self.invalid = 0
@@ -346,8 +356,7 @@ class CandleAggregator:
         out: list[Any] = []
         if win is not None and not same:  # a later window: the current one is over (a gap)
             if win.keys:
-                out.append(self._render(win, None, src, closed=True))
-                self._count_delivery(win)
+                self._close(win, src, out)
             win = None
         if win is None:
             win = self._win = _Window(w)
@@ -355,7 +364,11 @@ class CandleAggregator:
 
         if not src.closed:
             win.forming = src
-            if self.partial and (ev := self._render(win, src, src, closed=False)) is not None:
+            if (
+                self.partial
+                and self._whole(win, k)
+                and (ev := self._render(win, src, src, closed=False)) is not None
+            ):
                 out.append(ev)
             return out
 
@@ -363,18 +376,34 @@ class CandleAggregator:
         if win.forming is not None and win.forming.key <= k:
             win.forming = None
         if k + self.source_seconds == w + self.interval_seconds:
-            out.append(self._render(win, None, src, closed=True))
-            self._count_delivery(win)
+            self._close(win, src, out)
             self._win = None
             self._floor = w + self.interval_seconds
-        elif self.partial and (ev := self._render(win, win.forming, src, closed=False)) is not None:
+        elif (
+            self.partial
+            and self._whole(win, win.forming.key if win.forming is not None else k + 1)
+            and (ev := self._render(win, win.forming, src, closed=False)) is not None
+        ):
             out.append(ev)
         return out
 
-    def _count_delivery(self, win: _Window) -> None:
-        self.delivered += 1
+    def _close(self, win: _Window, src: _Src, out: list[Any]) -> None:
+        """Deliver ``win`` closed (or, ``complete_only`` and not whole, withhold it)."""
         if len(win.keys) < self._per_window:
             self.incomplete += 1
+            if self.complete_only:
+                self.withheld += 1
+                return
+        out.append(self._render(win, None, src, closed=True))
+        self.delivered += 1
+
+    def _whole(self, win: _Window, upto: int) -> bool:
+        """Whether every source candle of ``win`` before ``upto`` has closed (always
+        True unless ``complete_only``)."""
+        if not self.complete_only:
+            return True
+        n = sum(1 for key in win.keys if key < upto)
+        return n == -(-(upto - win.start) // self.source_seconds)
 
     # -- input ----------------------------------------------------------------------------
 

@@ -214,7 +214,8 @@ class StreamClient:
         self._listen_slots: set[Slot] = set()
         #: Channels the server refused that are built from a finer one: target -> source.
         self._derived: dict[str, Channel] = {}
-        self._aggregators: dict[tuple[str, bool], Callable[[Any], list[Any]]] = {}
+        #: (target key, typed) -> (partial, the venue's aggregator for it).
+        self._aggregators: dict[tuple[str, bool], tuple[bool, Callable[[Any], list[Any]]]] = {}
 
         self._hooks_connect: list[Callable[..., Any]] = []
         self._hooks_disconnect: list[Callable[..., Any]] = []
@@ -789,6 +790,9 @@ class StreamClient:
                 plain = tuple(s for s in slots if s.model is None)
                 routes[key] = self._stage(Route(key, spec, plain, typed))
             derived = {t: src for t, src in self._derived.items() if t in wanted}
+            # An aggregator whose channel is gone would resume from a stale window.
+            for gone in [k for k in self._aggregators if k[0] not in derived]:
+                del self._aggregators[gone]
             for target, source in derived.items():
                 self._feed_derived(routes, routes[target], source)
             self._router.rebuild(routes)
@@ -851,12 +855,15 @@ class StreamClient:
                 sinks[typed] = ()
                 continue
             # One aggregator per representation, kept across rebuilds (it holds the
-            # candles of the forming window).
-            derive = self._aggregators.get((target.key, typed))
-            if derive is None:
-                partial = any(s.partial for s in slots)
+            # candles of the forming window); a new one when forming updates are now
+            # wanted or no longer.
+            partial = any(s.partial for s in slots)
+            kept = self._aggregators.get((target.key, typed))
+            if kept is not None and kept[0] == partial:
+                derive = kept[1]
+            else:
                 derive = self._protocol.derive(channel, source, partial=partial)
-                self._aggregators[target.key, typed] = derive
+                self._aggregators[target.key, typed] = (partial, derive)
             sinks[typed] = (DerivedSink(derive, target, typed),)
         routes[source.key] = Route(
             source.key, spec, src.dict_slots + sinks[False], src.typed_slots + sinks[True]
@@ -930,11 +937,11 @@ class StreamClient:
             (s for s in self._derived.values() if s.key == key), None
         )
 
-    def refused(self, link: Link, key: str, effect: str) -> bool:
+    def refused(self, link: Link, key: str, effect: str, reason: str) -> bool:
         if effect == "limit":
             return self._learn_limit(link, key)
         channel = self._channels.get(key)
-        source = self._protocol.fallback(channel) if channel is not None else None
+        source = self._protocol.fallback(channel, reason) if channel is not None else None
         if source is None or key in self._derived:
             return False
         self.log.info(
@@ -1012,6 +1019,13 @@ class StreamClient:
 
     def link_down(self, link: Link, reason: str) -> None:
         self._router.link_down(link.gaps, link.sent & set(link.channels), reason)
+        # Channels built from this socket's channels start from a fresh window: the
+        # one forming now misses the candles sent while it was down.
+        lost = {t for t, src in self._derived.items() if src.key in link.channels}
+        if lost:
+            for key in [k for k in self._aggregators if k[0] in lost]:
+                del self._aggregators[key]
+            self._schedule_reconcile()
         if not any(lk.conn is not None for lk in self._links):
             self._state = "reconnecting"
         self._call_hooks(self._hooks_disconnect, reason)

@@ -67,6 +67,7 @@ class LinkHost(typing.Protocol):
 
     #: Set once a link's server has accepted the credentials (extra links wait for it).
     first_connected: asyncio.Event
+
     @property
     def can_refresh(self) -> bool:
         """The credential comes from a callable (a fresh one may be accepted after a
@@ -100,9 +101,9 @@ class LinkHost(typing.Protocol):
 
     def link_proven(self, link: Link) -> None: ...
 
-    def refused(self, link: Link, key: str, effect: str) -> bool:
-        """The server refused ``key`` (``invalid`` or ``limit``); True if the client
-        took care of it (moved the channel, or builds it from another)."""
+    def refused(self, link: Link, key: str, effect: str, reason: str) -> bool:
+        """The server refused ``key`` (``invalid`` or ``limit``, with ``reason``); True if
+        the client took care of it (moved the channel, or builds it from another)."""
         ...
 
     def connect_failed(self, link: Link) -> None: ...
@@ -445,7 +446,7 @@ class Link:
         err = ServerError(refused.code, refused.message, channel=key)
         if key is not None and key in self.channels and subscribe_error:
             self.sent.discard(key)
-            if not self.host.refused(self, key, refused.effect):
+            if not self.host.refused(self, key, refused.effect, refused.message):
                 self.rejected.add(key)
                 self.gaps.open.pop(key, None)  # refused: no first event will close the gap
         return err

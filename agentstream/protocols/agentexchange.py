@@ -325,8 +325,14 @@ class AgentExchangeProtocol(VenueProtocol):
 
         return Channel.parse(normalize_key(key) or key, self.kinds)
 
-    def fallback(self, channel: Channel) -> Channel | None:
-        """15m candles from 5m, 4h from 1h: the finest served interval that divides it."""
+    def fallback(self, channel: Channel, reason: str = "") -> Channel | None:
+        """15m candles from 5m, 4h from 1h: the finest served interval that divides it.
+
+        Not when the refusal is about the symbol (the sim says ``unknown symbol``): a
+        finer interval of an unknown symbol would be refused too.
+        """
+        if "symbol" in reason.lower():
+            return None
         interval = channel.interval
         if channel.kind != "candles" or interval is None or interval in SERVER_INTERVALS:
             return None
@@ -355,4 +361,5 @@ class AgentExchangeProtocol(VenueProtocol):
             INTERVAL_SECONDS[target.interval],
             INTERVAL_SECONDS[source.interval],
             partial=partial,
+            complete_only=True,  # a window missing a 5m candle is not an exact 15m one
         ).feed

@@ -369,8 +369,9 @@ class VenueProtocol(abc.ABC):
 
         return Channel.parse(key, self.kinds)
 
-    def fallback(self, channel: Channel) -> Channel | None:
-        """A finer channel to build ``channel`` from when the server refuses it.
+    def fallback(self, channel: Channel, reason: str = "") -> Channel | None:
+        """A finer channel to build ``channel`` from when the server refuses it
+        (``reason``: the refusal's message).
 
         The default: None. AgentExchange builds 15m candles from 5m and 4h from 1h.
         """

@@ -546,3 +546,54 @@ def test_15m_aggregate_equals_a_direct_computation(
 
 def e_closed(e: Any) -> bool:
     return bool(e.is_closed if isinstance(e, Candle) else e["is_closed"])
+
+
+# -- complete_only: what the client uses (every delivered candle exact) ---------------
+
+
+def _five(t: str, o: str, h: str, low: str, c: str, v: str, closed: bool = True) -> dict[str, Any]:
+    return {
+        "symbol": "BTCUSDT",
+        "interval": "5m",
+        "time": t,
+        "open_time": t,
+        "open": o,
+        "high": h,
+        "low": low,
+        "close": c,
+        "volume": v,
+        "is_closed": closed,
+    }
+
+
+def test_complete_only_withholds_a_window_that_started_before_us() -> None:
+    agg = CandleAggregator("BTCUSDT", "15m", 900, 300, partial=False, complete_only=True)
+    # Joined at 10:05: the 10:00 window lacks its first 5m candle.
+    assert agg.feed(_five("2026-02-23T10:05:00Z", "11", "13", "10", "12", "2")) == []
+    assert agg.feed(_five("2026-02-23T10:10:00Z", "12", "12.5", "8", "9", "0.5")) == []
+    assert (agg.withheld, agg.incomplete, agg.delivered) == (1, 1, 0)
+    got = []
+    for t in ("10:15", "10:20", "10:25"):
+        got += agg.feed(_five(f"2026-02-23T{t}:00Z", "9", "10", "8", "9.5", "1"))
+    [c] = got
+    assert (c["time"], c["volume"], c["is_closed"]) == ("2026-02-23T10:15:00Z", "3", True)
+    assert agg.delivered == 1
+
+
+def test_complete_only_withholds_a_window_with_a_hole() -> None:
+    agg = CandleAggregator("BTCUSDT", "15m", 900, 300, complete_only=True)
+    agg.feed(_five("2026-02-23T10:00:00Z", "10", "12", "9", "11", "1.5"))
+    # 10:05 never arrives; 10:10 closes the window, which cannot be exact.
+    assert agg.feed(_five("2026-02-23T10:10:00Z", "12", "12.5", "8", "9", "0.5")) == []
+    assert (agg.withheld, agg.delivered) == (1, 0)
+
+
+def test_complete_only_builds_forming_updates_only_while_whole() -> None:
+    agg = CandleAggregator("BTCUSDT", "15m", 900, 300, partial=True, complete_only=True)
+    # Joined while 10:05 forms: no forming 15m update (10:00 is missing).
+    assert agg.feed(_five("2026-02-23T10:05:00Z", "11", "13", "10", "12", "2", False)) == []
+    # The next window from its start: forming updates again.
+    [f] = agg.feed(_five("2026-02-23T10:15:00Z", "9", "10", "8", "9.5", "1", False))
+    assert (f["time"], f["is_closed"]) == ("2026-02-23T10:15:00Z", False)
+    [f] = agg.feed(_five("2026-02-23T10:15:00Z", "9", "10", "8", "9.5", "1", True))
+    assert (f["volume"], f["is_closed"]) == ("1", False)

@@ -130,22 +130,21 @@ async def _built_candles(speed: float, target: str, source: str, n: int) -> None
         by_window: dict[int, list[dict[str, Any]]] = {}
         for c in finer:
             by_window.setdefault(_window(c, seconds), []).append(c)
-        complete = 0
+        per_window = seconds // {"5m": 300, "1h": 3600}[source]
         for c in built:
             assert c["is_closed"] is True
             assert c["interval"] == target
             assert c["symbol"] == "BTCUSDT"
             assert c["time"] == c["open_time"]
+            # Every candle delivered is exact: a window the client saw only part of
+            # (the first one after connecting started before it did) is withheld.
             parts = by_window[_window(c, seconds)]
-            if len(parts) != seconds // {"5m": 300, "1h": 3600}[source]:
-                continue  # the first window after connecting started before we did
-            complete += 1
+            assert len(parts) == per_window, (c, parts)
             assert Decimal(c["open"]) == Decimal(parts[0]["open"])
             assert Decimal(c["close"]) == Decimal(parts[-1]["close"])
             assert Decimal(c["high"]) == max(Decimal(p["high"]) for p in parts)
             assert Decimal(c["low"]) == min(Decimal(p["low"]) for p in parts)
             assert Decimal(c["volume"]) == sum(Decimal(p["volume"]) for p in parts)
-        assert complete >= n - 1
         assert [(t.open, t.close, t.volume) for t in built_typed[: len(built)]] == [
             (Decimal(c["open"]), Decimal(c["close"]), Decimal(c["volume"])) for c in built
         ]
