@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
@@ -683,6 +684,7 @@ class StreamClient:
         self._placement = {}
         self._derived = {}
         self._aggregators = {}
+        self._router.reset_private()
         self._running_slots = set()
         self._state = "connecting"
         started = False
@@ -890,9 +892,13 @@ class StreamClient:
     async def _run_link(self, link: Link) -> None:
         try:
             await link.run()
-        except AgentStreamError as exc:
-            self._fail(exc)
         except Exception as exc:
+            # Errors raised in a connection's tasks (a credential callable failing in
+            # a heartbeat) come wrapped in an exception group: ours is inside.
+            ours = _ours(exc)
+            if ours is not None:
+                self._fail(ours)
+                return
             # A bug of ours: the client stops loudly (connect() raises it) instead of
             # retrying in silence.
             self.log.exception("%s failed unexpectedly; stopping", link.label)
@@ -979,8 +985,15 @@ class StreamClient:
     def connect_failed(self, link: Link) -> None:
         self._failed_attempts += 1
 
+    def _channel_private(self, key: str) -> bool:
+        ch = self._channels.get(key)
+        return ch is not None and self._kinds[ch.kind].private
+
     def link_up(self, link: Link, reconnect: bool) -> None:
         self._state = "connected"
+        gaps = self._router.private_gaps
+        if gaps.open and gaps.reconnected_at is None:
+            gaps.reconnected_at = datetime.now(UTC)  # the first socket back
         runner = self._hook_runner
         assert runner is not None
         if reconnect:
@@ -1018,7 +1031,14 @@ class StreamClient:
         self.first_connected.set()
 
     def link_down(self, link: Link, reason: str) -> None:
-        self._router.link_down(link.gaps, link.sent & set(link.channels), reason)
+        router = self._router
+        carried = link.sent & set(link.channels)
+        private = {k for k, lk in self._placement.items() if self._channel_private(k)}
+        router.link_down(link.gaps, carried - private, reason)
+        if not any(lk.conn is not None for lk in self._links if lk is not link):
+            # No socket left up: the account's private events are missed from now on.
+            router.private_gaps.reconnected_at = None
+            router.link_down(router.private_gaps, private, reason)
         # Channels built from this socket's channels start from a fresh window: the
         # one forming now misses the candles sent while it was down.
         lost = {t for t, src in self._derived.items() if src.key in link.channels}
@@ -1122,6 +1142,17 @@ class StreamClient:
 
 
 _END: Any = object()
+
+
+def _ours(exc: BaseException) -> AgentStreamError | None:
+    """The first AgentStreamError in ``exc`` (itself, or inside exception groups)."""
+    if isinstance(exc, AgentStreamError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _ours(inner)) is not None:
+                return found
+    return None
 
 
 async def _first_of(*events: asyncio.Event) -> None:

@@ -332,7 +332,11 @@ class Router:
         self.decode: Callable[[str | bytes], Any] = self._fast({})
         #: Deliver each private event once: on while more than one socket is open.
         self.dedup_private = False
-        self._seen: set[bytes] = set()
+        #: Gaps of private channels: they reach every socket, so one is down only while
+        #: no socket is up (the account's gaps, not a socket's).
+        self.private_gaps = LinkGaps()
+        #: Private events delivered lately, and the socket each came from.
+        self._seen: dict[bytes, int] = {}
         self._seen_order: deque[bytes] = deque()
         # Counters (read by ws.stats).
         self.unrouted: dict[str, int] = {}
@@ -624,7 +628,7 @@ class Router:
         if isinstance(data, msgspec.Raw):
             self._deliver_raw(route, symbol, interval, data, link)
             return
-        if route.private and self.dedup_private and self._duplicate(_encode(data)):
+        if route.private and self.dedup_private and self._duplicate(_encode(data), link):
             return
         route.count += 1
         if isinstance(data, dict):
@@ -635,22 +639,36 @@ class Router:
                 _set(data, "interval", interval)
         self._push(route, data, link)
 
-    def _duplicate(self, content: bytes) -> bool:
-        """Whether this private event was delivered already (received on another socket)."""
+    def _duplicate(self, content: bytes, link: FeedTarget) -> bool:
+        """Whether another socket delivered this private event already.
+
+        The same content twice on one socket is two events (the server sent it twice);
+        only a copy from a different socket is the server's broadcast to every socket.
+        """
         seen = self._seen
-        if content in seen:
+        first = seen.get(content)
+        if first is not None and first != link.index:
             self.duplicates += 1
             return True
-        seen.add(content)
-        order = self._seen_order
-        order.append(content)
-        if len(order) > _PRIVATE_SEEN:
-            seen.discard(order.popleft())
+        if first is None:
+            seen[content] = link.index
+            order = self._seen_order
+            order.append(content)
+            if len(order) > _PRIVATE_SEEN:
+                seen.pop(order.popleft(), None)
         return False
 
+    def reset_private(self) -> None:
+        """Forget delivered private events and their gaps (a new run)."""
+        self._seen.clear()
+        self._seen_order.clear()
+        self.dedup_private = False
+        self.private_gaps = LinkGaps()
+
     def _push(self, route: Route, ev: Any, link: FeedTarget) -> None:
-        if link.gaps.open:
-            self._gap_end(link, route, ev)
+        gaps = self.private_gaps if route.private else link.gaps
+        if gaps.open:
+            self._gap_end(gaps, route, ev)
         route.last = ev
         # Decided before any handler runs (one may be called from here and change a dict).
         closed = route.spec.final is not None and is_final(route.spec, ev)
@@ -718,7 +736,7 @@ class Router:
         """
         spec = route.spec
         kind = spec.name
-        if route.private and self.dedup_private and self._duplicate(bytes(raw)):
+        if route.private and self.dedup_private and self._duplicate(bytes(raw), link):
             return
         plain: Any = None
         typed: Any = None
@@ -755,8 +773,9 @@ class Router:
             event = raw  # nobody listens: keep it for gap reports only
         if event is None:
             return
-        if link.gaps.open:
-            self._gap_end(link, route, event)
+        gaps = self.private_gaps if route.private else link.gaps
+        if gaps.open:
+            self._gap_end(gaps, route, event)
         route.last = event
         closed = is_final(spec, event)
         if spec.final is not None and closed:
@@ -821,8 +840,8 @@ class Router:
                 best, best_at = route.last, at
         return best
 
-    def _gap_end(self, link: FeedTarget, route: Route, event: Any) -> None:
-        gaps = link.gaps.open
+    def _gap_end(self, table: LinkGaps, route: Route, event: Any) -> None:
+        gaps = table.open
         key = route.key
         spec = route.spec
         start = gaps.pop(key, None)
@@ -840,7 +859,7 @@ class Router:
         gap = Gap(
             channel=key,
             disconnected_at=start.disconnected_at,
-            reconnected_at=link.gaps.reconnected_at or datetime.now(UTC),
+            reconnected_at=table.reconnected_at or datetime.now(UTC),
             last_event_at=event_time(spec, start.last),
             first_event_at=event_time(spec, event),
             missing_candles=missing,

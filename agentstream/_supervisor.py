@@ -219,10 +219,12 @@ class Link:
             if isinstance(ended, AuthFailed):
                 if ended.refreshable and host.can_refresh and not refreshed:
                     # An expired access token looks like a bad one: try once with a
-                    # fresh one before giving up.
+                    # fresh one before giving up. It is a disconnect like any other
+                    # (hooks, gaps), without the backoff.
                     log.warning(
                         "%s: %s; retrying with a fresh credential", self.label, ended.reason
                     )
+                    host.link_down(self, f"credentials refused ({ended.reason})")
                     fresh = refreshed = True
                     continue
                 raise AuthenticationError(f"the server refused the credentials: {ended.reason}")
@@ -338,7 +340,13 @@ class Link:
             self.sent.update(out.covers)
             await self._send(conn, out)
             if out.await_ack:
-                await self.opened.wait()
+                # Bounded: a server that never answers (or refuses it, see _on_refused)
+                # costs this socket, not the client.
+                with anyio.move_on_after(self.config.stale_timeout) as waited:
+                    await self.opened.wait()
+                if waited.cancelled_caught:
+                    self._end(Reconnect("no answer to the opening message"))
+                    return
                 self.opened.clear()
         self.opened.set()  # the session is open: heartbeats may start
         while True:
@@ -398,11 +406,15 @@ class Link:
             return None
         if isinstance(inbound, Refused):
             return self._on_refused(inbound)
-        # The server ends this connection: close it; run() decides what comes next.
-        self.ended = inbound
+        self._end(inbound)
+        return None
+
+    def _end(self, why: AuthFailed | Reconnect) -> None:
+        """The server ends this connection (or failed to open it): close it; run()
+        decides what comes next."""
+        self.ended = why
         if self.conn is not None:
             self.conn.abort()
-        return None
 
     def _on_ack(self, ack: Ack) -> None:
         self._prove()
@@ -437,6 +449,9 @@ class Link:
         if key is None and refused.request_id is not None:
             out = self.requests.pop(refused.request_id, None)
             key = out.key if out is not None else None
+            if out is not None and out.await_ack:
+                # The opening message was refused: nothing else may be sent here.
+                self._end(Reconnect(f"opening refused: {refused.code}"))
         subscribe_error = refused.effect != "none"
         if key is None and subscribe_error and self.pending:
             key = self.pending.popleft()

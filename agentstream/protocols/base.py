@@ -25,7 +25,7 @@ simulated exchange; nothing in the core changes (``tests/client/test_toy_venue.p
 it with a venue defined only in the tests).
 
 Example:
-    >>> proto = AgentExchangeProtocol(api_key="ak_demo", base_url="ws://127.0.0.1:8000")
+    >>> proto = AgentExchangeProtocol("ws://127.0.0.1:8000")
     >>> proto.classify(b'{"type":"ping"}')
     Ping(reply='{"type":"pong","action":"pong"}')
 """
@@ -115,11 +115,11 @@ class HttpRequest:
     """
 
     method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    form: Mapping[str, str] | None = None
-    json: Any = None
-    secret: str | None = None
+    url: str = field(repr=False)  # may carry the credential
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    form: Mapping[str, str] | None = field(default=None, repr=False)
+    json: Any = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +135,9 @@ class HttpResponse:
 class Handshake:
     """Where and how to open one socket; ``secret`` is masked wherever the URL is shown."""
 
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    secret: str | None = None
+    url: str = field(repr=False)  # may carry the credential (AgentExchange's api_key)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,11 @@ class ToyServer:
     sockets: list[list[dict[str, Any]]] = field(default_factory=list)
     fills: int = 0
     early_subs: int = 0
+    #: How the server answers the hello: ack it, refuse it, or never answer.
+    hello: str = "ack"
+    #: Answer the first socket's first subscription with a refreshable refusal.
+    deny_first: bool = False
+    denied: int = 0
     bye_after: int | None = None
     url: str = ""
 
@@ -207,8 +212,12 @@ class ToyServer:
                         # arrives meanwhile and is refused.
                         nonlocal hello
                         await anyio.sleep(0.05)
-                        hello = True
-                        await ws.send_str(_enc.encode({"ack": rid}).decode())
+                        if self.hello == "ack":
+                            hello = True
+                            await ws.send_str(_enc.encode({"ack": rid}).decode())
+                        elif self.hello == "nack":
+                            nack = {"nack": rid, "error": "no such session"}
+                            await ws.send_str(_enc.encode(nack).decode())
 
                     tg.start_soon(ack_later, m["id"])
                 elif m.get("op") == "sub":
@@ -217,6 +226,9 @@ class ToyServer:
                         await ws.send_str(
                             _enc.encode({"nack": m["id"], "error": "hello first"}).decode()
                         )
+                    elif self.deny_first and not self.denied:
+                        self.denied += 1
+                        await ws.send_str('{"denied":"token expired"}')
                     else:
                         await ws.send_str(_enc.encode({"ack": m["id"]}).decode())
             tg.cancel_scope.cancel()
@@ -305,3 +317,67 @@ async def test_a_failing_session_request_is_retried(toy: ToyServer) -> None:
         await wait_for(lambda: len(got) >= 2)
     assert ws.stats.failed_attempts == 2
     assert toy.sessions == ["s1"]
+
+
+async def test_a_credential_callable_failing_midway_is_fatal_with_its_cause(
+    toy: ToyServer,
+) -> None:
+    calls = itertools.count()
+
+    def token() -> str:
+        # The 1st call opens the session; a later one (a heartbeat's) fails.
+        if next(calls) >= 3:
+            raise OSError("the vault is down")
+        return "tok-ok"
+
+    ws = ToyClient(_rest(toy), token, **FAST)
+    ws.on_fill(lambda d: None)
+    with anyio.fail_after(5), pytest.raises(AuthenticationError) as info:
+        await ws.connect()  # the error, not an exception group around it
+    assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize("hello", ["none", "nack"])
+async def test_an_opening_message_unanswered_or_refused_costs_the_socket(
+    toy: ToyServer, hello: str
+) -> None:
+    toy.hello = hello
+    ws = ToyClient(_rest(toy), "tok", stale_timeout=0.3, **FAST)
+    reasons: list[str] = []
+    ws.on_disconnect(reasons.append)
+    ws.on_fill(lambda d: None)
+    async with running(ws):
+        await wait_for(lambda: len(reasons) >= 2, what="two sockets given up")
+        toy.hello = "ack"
+        await wait_for(lambda: toy.fills >= 2, what="a socket that opens")
+    want = (
+        "no answer to the opening message"
+        if hello == "none"
+        else "opening refused: no such session"
+    )
+    assert reasons[0] == want
+    assert toy.early_subs == 0  # nothing was sent before the opening was acked
+
+
+@pytest.mark.parametrize("callable_token", [True, False], ids=["callable", "fixed"])
+async def test_a_refreshable_refusal_gets_one_fresh_credential(
+    toy: ToyServer, callable_token: bool
+) -> None:
+    toy.deny_first = True
+    tokens = itertools.count(1)
+    cred: Any = (lambda: f"tok{next(tokens)}") if callable_token else "tok-fixed"
+    ws = ToyClient(_rest(toy), cred, **FAST)
+    reasons: list[str] = []
+    got: list[dict[str, Any]] = []
+    ws.on_disconnect(reasons.append)
+    ws.on_fill(got.append)
+    if not callable_token:
+        # A fixed credential cannot be refreshed: refused is final, at once.
+        with anyio.fail_after(5), pytest.raises(AuthenticationError):
+            await ws.connect()
+        assert len(toy.sessions) == 1
+        return
+    async with running(ws):
+        await wait_for(lambda: len(got) >= 2)
+    assert reasons == ["credentials refused (token expired)"]
+    assert len(toy.sessions) == 2
