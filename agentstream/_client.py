@@ -207,7 +207,8 @@ class StreamClient:
         self._kind_listeners: dict[str, list[Slot]] = {}
         self._explicit: dict[str, Channel] = {}
         self._channels: dict[str, Channel] = {}
-        self._router = Router(self, protocol)
+        self._host = _Host(self)
+        self._router = Router(self._host, protocol)
         self._links: list[Link] = []
         self._placement: dict[str, Link] = {}
         self._running_slots: set[Slot] = set()
@@ -234,7 +235,7 @@ class StreamClient:
         self._stop_event: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
         self._ready: asyncio.Event | None = None
-        self.first_connected = asyncio.Event()
+        self._first_connected = asyncio.Event()
         self._stop_requested = False
         self._active = False
         self._finished = threading.Event()
@@ -671,7 +672,7 @@ class StreamClient:
         self._stop_event = asyncio.Event()
         self._done = asyncio.Event()
         self._ready = asyncio.Event()
-        self.first_connected = asyncio.Event()
+        self._first_connected = asyncio.Event()
         self._fatal = None
         self.error = None
         self._hook_runner = HookRunner()
@@ -882,7 +883,7 @@ class StreamClient:
 
     def _new_link(self) -> Link:
         assert self._tg is not None
-        link = Link(self, self._router, self._link_config, len(self._links))
+        link = Link(self._host, self._router, self._link_config, len(self._links))
         self._links.append(link)
         # Private events reach every socket of the account: deliver each once.
         self._router.dedup_private = len(self._links) > 1
@@ -904,9 +905,9 @@ class StreamClient:
             self.log.exception("%s failed unexpectedly; stopping", link.label)
             self._fail(exc)
 
-    # -- LinkHost: what the links ask of the client ------------------------------------
+    # -- what the links and the router ask of the client (through _Host) -------------
 
-    async def token(self, *, fresh: bool = False) -> str:
+    async def _token(self, *, fresh: bool = False) -> str:
         """The current credential (``fresh`` is a hint; a callable is called every time).
 
         Raises:
@@ -929,7 +930,7 @@ class StreamClient:
             )
         return value
 
-    async def open_socket(self, token: str) -> Connection:
+    async def _open_socket(self, token: str) -> Connection:
         """The venue's pre-connect step (if any), then the socket."""
         transport = self._transport
         assert transport is not None
@@ -938,12 +939,12 @@ class StreamClient:
         answer = await transport.request(request) if request is not None else None
         return await transport.connect(protocol.handshake(token, answer))
 
-    def channel(self, key: str) -> Channel | None:
+    def _channel_of(self, key: str) -> Channel | None:
         return self._channels.get(key) or next(
             (s for s in self._derived.values() if s.key == key), None
         )
 
-    def refused(self, link: Link, key: str, effect: str, reason: str) -> bool:
+    def _refused(self, link: Link, key: str, effect: str, reason: str) -> bool:
         if effect == "limit":
             return self._learn_limit(link, key)
         channel = self._channels.get(key)
@@ -979,17 +980,17 @@ class StreamClient:
             self._limit = max(accepted, 1)
         link.release(key)
         self._placement.pop(key, None)
-        self._place(self.channel(key) or Channel.parse(key, self._kinds), exclude=link)
+        self._place(self._channel_of(key) or Channel.parse(key, self._kinds), exclude=link)
         return True
 
-    def connect_failed(self, link: Link) -> None:
+    def _connect_failed(self, link: Link) -> None:
         self._failed_attempts += 1
 
     def _channel_private(self, key: str) -> bool:
         ch = self._channels.get(key)
         return ch is not None and self._kinds[ch.kind].private
 
-    def link_up(self, link: Link, reconnect: bool) -> None:
+    def _link_up(self, link: Link, reconnect: bool) -> None:
         self._state = "connected"
         gaps = self._router.private_gaps
         if gaps.open and gaps.reconnected_at is None:
@@ -1006,7 +1007,7 @@ class StreamClient:
         for fn in connect_hooks:
             runner.submit(fn)
 
-    def link_ready(self, link: Link, reconnect: bool) -> None:
+    def _link_ready(self, link: Link, reconnect: bool) -> None:
         if link.index == 0 and self._ready is not None:
             self._ready.set()
         if reconnect:
@@ -1018,19 +1019,18 @@ class StreamClient:
                 for fn, args in hooks:
                     runner.submit(fn, self, *args)
 
-    @property
-    def can_refresh(self) -> bool:
+    def _can_refresh(self) -> bool:
         return callable(self.__credential)
 
-    def link_proven(self, link: Link) -> None:
+    def _link_proven(self, link: Link) -> None:
         """``link``'s server accepted the credentials for real (an ack, data, or time open).
 
         Only then do extra links connect: a server that accepts the upgrade and then
         closes with 4401 costs exactly one handshake, however many channels are wanted.
         """
-        self.first_connected.set()
+        self._first_connected.set()
 
-    def link_down(self, link: Link, reason: str) -> None:
+    def _link_down(self, link: Link, reason: str) -> None:
         router = self._router
         carried = link.sent & set(link.channels)
         private = {k for k, lk in self._placement.items() if self._channel_private(k)}
@@ -1062,7 +1062,7 @@ class StreamClient:
         for fn in snapshot:
             runner.submit(fn, *args)
 
-    def emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
+    def _emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
         self._call_hooks(self._hooks_error, exc, context)
 
     def _handler_failed(self, slot: Slot, exc: BaseException, event: Any) -> None:
@@ -1088,9 +1088,9 @@ class StreamClient:
             channel=channel,
         )
         err.__cause__ = exc
-        self.emit_error(err, {"channel": channel, "handler": slot.name})
+        self._emit_error(err, {"channel": channel, "handler": slot.name})
 
-    def emit_gap(self, gap: Gap) -> None:
+    def _emit_gap(self, gap: Gap) -> None:
         self.log.warning(
             "gap on %s: down %.1f s (%s)%s",
             gap.channel,
@@ -1142,6 +1142,63 @@ class StreamClient:
 
 
 _END: Any = object()
+
+
+class _Host:
+    """The client as its links (``LinkHost``) and router (``RouterHost``) see it.
+
+    A narrow, private view: the client's public API stays what users call.
+    """
+
+    __slots__ = ("_c",)
+
+    def __init__(self, client: StreamClient) -> None:
+        self._c = client
+
+    @property
+    def first_connected(self) -> asyncio.Event:
+        return self._c._first_connected
+
+    @property
+    def can_refresh(self) -> bool:
+        return self._c._can_refresh()
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._c.log
+
+    async def token(self, *, fresh: bool = False) -> str:
+        return await self._c._token(fresh=fresh)
+
+    async def open_socket(self, token: str) -> Connection:
+        return await self._c._open_socket(token)
+
+    def channel(self, key: str) -> Channel | None:
+        return self._c._channel_of(key)
+
+    def link_up(self, link: Link, reconnect: bool) -> None:
+        self._c._link_up(link, reconnect)
+
+    def link_ready(self, link: Link, reconnect: bool) -> None:
+        self._c._link_ready(link, reconnect)
+
+    def link_down(self, link: Link, reason: str) -> None:
+        self._c._link_down(link, reason)
+
+    def link_proven(self, link: Link) -> None:
+        self._c._link_proven(link)
+
+    def refused(self, link: Link, key: str, effect: str, reason: str) -> bool:
+        return self._c._refused(link, key, effect, reason)
+
+    def connect_failed(self, link: Link) -> None:
+        self._c._connect_failed(link)
+
+    def emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
+        self._c._emit_error(exc, context)
+
+    def emit_gap(self, gap: Gap) -> None:
+        self._c._emit_gap(gap)
 
 
 def _ours(exc: BaseException) -> AgentStreamError | None:

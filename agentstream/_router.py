@@ -80,7 +80,8 @@ _encode = msgspec.json.Encoder().encode
 class RouterHost(Protocol):
     """What the router needs from the client: where errors and gaps go, and its logger."""
 
-    log: logging.Logger
+    @property
+    def log(self) -> logging.Logger: ...
 
     def emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None: ...
 

@@ -65,8 +65,10 @@ class LinkConfig:
 class LinkHost(typing.Protocol):
     """What a link needs from its client (and nothing more)."""
 
-    #: Set once a link's server has accepted the credentials (extra links wait for it).
-    first_connected: asyncio.Event
+    @property
+    def first_connected(self) -> asyncio.Event:
+        """Set once a link's server has accepted the credentials (extra links wait)."""
+        ...
 
     @property
     def can_refresh(self) -> bool:

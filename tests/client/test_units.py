@@ -1473,3 +1473,10 @@ def test_missing_candles_at_the_edge_of_time_lists_nothing() -> None:
     far = {"time": "9999-12-31T23:59:00Z", "is_closed": True}
     after = {"time": "9999-12-31T23:59:00Z", "is_closed": False}
     assert missing("1m", far, far, after) == (0, ())
+
+
+def test_the_supervisors_interface_is_not_the_clients_public_api() -> None:
+    # Links and the router reach the client through a private adapter (_Host).
+    ws = AgentExchangeWS("ak_demo_agentstream", "ws://127.0.0.1:9")
+    for name in ("token", "open_socket", "refused", "link_up", "link_down", "emit_error"):
+        assert not hasattr(ws, name), name
