@@ -21,6 +21,8 @@ from agentstream.sim import (
     DEMO_API_KEY,
     INTERVAL_MS,
     REAL_SERVER_INTERVALS,
+    TRADIER_DEMO_ACCOUNT,
+    TRADIER_DEMO_TOKEN,
     SimConfig,
     SimExchange,
 )
@@ -185,6 +187,11 @@ async def _serve(config: SimConfig) -> None:
     async with SimExchange(config) as sim:
         print(f"simulated exchange on {sim.url}/ws/v1  (REST {sim.http_url}/api/v1)", flush=True)
         print(f"demo API key: {DEMO_API_KEY}   Ctrl-C to stop", flush=True)
+        print(
+            f"Tradier: REST {sim.http_url}/v1  demo token: {TRADIER_DEMO_TOKEN}"
+            f" (account {TRADIER_DEMO_ACCOUNT})",
+            flush=True,
+        )
         await _wait_for_signal()
 
 

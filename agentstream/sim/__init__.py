@@ -1,5 +1,8 @@
 """The simulated AgentExchange: a real aiohttp server for demos, tests, benchmarks and bots.
 
+It also speaks Tradier's account events stream and order REST API on the same port
+(:mod:`agentstream.sim.tradier`), with the demo token :data:`TRADIER_DEMO_TOKEN`.
+
 Example:
     >>> from agentstream.sim import SimExchange, DEMO_API_KEY
     >>> async def main() -> None:
@@ -13,11 +16,14 @@ from agentstream.sim.server import (
     CLOSE_AUTH_FAILED,
     CLOSE_PONG_TIMEOUT,
     DEMO_API_KEY,
+    TRADIER_DEMO_ACCOUNT,
+    TRADIER_DEMO_TOKEN,
     ConnectionRecord,
     SimConfig,
     SimExchange,
     SimStats,
 )
+from agentstream.sim.tradier import TradierError, TradierVenue  # Tradier front-end
 
 __all__ = [
     "CLOSE_AUTH_FAILED",
@@ -25,6 +31,8 @@ __all__ = [
     "DEMO_API_KEY",
     "INTERVAL_MS",
     "REAL_SERVER_INTERVALS",
+    "TRADIER_DEMO_ACCOUNT",
+    "TRADIER_DEMO_TOKEN",
     "Account",
     "ConnectionRecord",
     "Market",
@@ -32,4 +40,6 @@ __all__ = [
     "SimConfig",
     "SimExchange",
     "SimStats",
+    "TradierError",
+    "TradierVenue",
 ]

@@ -135,6 +135,20 @@ _MAJORS: tuple[tuple[str, float], ...] = (
     ("RPL", 25.0),
     ("SSV", 30.0),
 )
+# -- Tradier front-end: US equities (see agentstream/sim/tradier.py) ---------------------
+#: US equities the simulated Tradier trades, with a plausible starting price in USD.
+#: They live in :attr:`Market.equities`, apart from the crypto pairs: ``pairs``,
+#: ``ticker_all``, the firehose and candles are exactly as without them.
+EQUITIES: tuple[tuple[str, float], ...] = (
+    ("AAPL", 227.50),
+    ("MSFT", 415.30),
+    ("SPY", 562.10),
+    ("QQQ", 480.20),
+    ("TSLA", 248.90),
+    ("NVDA", 118.75),
+    ("AMZN", 186.40),
+)
+# -- end Tradier ------------------------------------------------------------------------
 _SYLLABLES = (
     "AR",
     "BO",
@@ -282,8 +296,13 @@ class Market:
     intervals: tuple[str, ...] = tuple(INTERVAL_MS)
     volatility: float = 0.0006
     pairs: dict[str, Pair] = field(init=False)
+    #: Tradier front-end: US equities by symbol (price in cents, whole shares). Kept apart
+    #: from ``pairs`` and walked by their own generator (:meth:`walk_equities`), so the
+    #: crypto market of a seed is the same with or without them.
+    equities: dict[str, Pair] = field(init=False)
     candles: dict[str, dict[str, CandleState]] = field(init=False)
     _rng: random.Random = field(init=False, repr=False)
+    _eq_rng: random.Random = field(init=False, repr=False)
     _symbols: list[str] = field(init=False, repr=False)
     _cum_weights: list[float] = field(init=False, repr=False)
 
@@ -308,6 +327,12 @@ class Market:
             acc += 1.0 / (rank + 1)
             self._cum_weights.append(acc)
         self.candles = {iv: {} for iv in self.intervals}
+        # Tradier front-end: equities, with a generator of their own (see ``equities``).
+        self._eq_rng = random.Random(self.seed * 1_000_003 + 7)
+        self.equities = {
+            sym: Pair(symbol=sym, price=round(price * 100), price_dp=2, qty_dp=0)
+            for sym, price in EQUITIES
+        }
 
     def _add(self, base: str, price: float) -> None:
         pdp = price_decimals(price)
@@ -352,6 +377,16 @@ class Market:
                 st.low = price
             st.close = price
             st.volume += tick.qty
+
+    def walk_equities(self) -> None:
+        """Move every equity's price by one step of its random walk (Tradier front-end).
+
+        Whole cents, never below one; uses its own generator, so the crypto pairs' walks
+        do not depend on how often this runs.
+        """
+        gauss = self._eq_rng.gauss
+        for eq in self.equities.values():
+            eq.price = max(1, eq.price + round(gauss(0.0, self.volatility) * eq.price))
 
     def candle(self, symbol: str, interval: str, start_ms: int) -> CandleState:
         """The candle of ``symbol`` for the bucket starting at ``start_ms``.

@@ -34,10 +34,19 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Iterable, Mapping
 
+    from agentstream.sim.tradier import TradierVenue
+
 log = logging.getLogger("agentstream.sim")
 
 #: An API key that every simulated exchange accepts unless configured otherwise.
 DEMO_API_KEY = "ak_demo_agentstream"
+
+# -- Tradier front-end (agentstream/sim/tradier.py) -------------------------------------
+#: A Tradier bearer token every simulated exchange accepts unless configured otherwise.
+TRADIER_DEMO_TOKEN = "tradier_demo_agentstream"
+#: The Tradier account number :data:`TRADIER_DEMO_TOKEN` trades.
+TRADIER_DEMO_ACCOUNT = "VA000001"
+# -- end Tradier ------------------------------------------------------------------------
 
 ERROR_INVALID_CHANNEL = "INVALID_CHANNEL"
 ERROR_SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
@@ -108,6 +117,28 @@ class SimConfig:
     max_client_message: int = 64 * 1024
     #: Serve ``wss://`` and ``https://`` with this context (e.g. a self-signed test CA's).
     ssl_context: ssl.SSLContext | None = None
+    # -- Tradier front-end (agentstream/sim/tradier.py; docs/sim.md "Tradier") ---------
+    #: Valid Tradier bearer tokens, each with the account number it trades (or a tuple
+    #: of several: one Tradier user may hold many accounts, and its stream covers them all).
+    tradier_tokens: Mapping[str, str | tuple[str, ...]] = field(
+        default_factory=lambda: {TRADIER_DEMO_TOKEN: TRADIER_DEMO_ACCOUNT}
+    )
+    #: Starting cash (USD) of each Tradier account.
+    tradier_cash: Decimal = Decimal("100000")
+    #: Seconds a streaming session id stays valid before a socket uses it (Tradier: ~5 min).
+    tradier_session_ttl: float = 300.0
+    #: Seconds between the stream's heartbeats (Tradier: about a minute).
+    tradier_heartbeat_interval: float = 60.0
+    #: Send each order's ``pending`` event after its ``open`` event, as the sample in
+    #: Tradier's documentation shows (statuses do not arrive in lifecycle order).
+    tradier_out_of_order: bool = True
+    #: ``last_fill_quantity`` 0.0 on ``filled`` stream events, as the documentation's
+    #: sample shows (REST answers keep the real last fill).
+    tradier_zero_last_fill: bool = True
+    #: One streaming session per user: a new session request also closes the socket of
+    #: the user's previous session (its unused session id is invalidated either way).
+    tradier_new_session_ends_stream: bool = True
+    # -- end Tradier --------------------------------------------------------------------
 
 
 @dataclass
@@ -359,6 +390,12 @@ class SimExchange:
             sym: [(iv, f"candles:{sym}:{iv}") for iv in self.config.candle_intervals]
             for sym in self.market.pairs
         }
+        # Tradier front-end: its sessions, stream sockets, equity accounts and order REST
+        # API, on this market, order loop and port. (Imported here: it subclasses _Conn.)
+        from agentstream.sim.tradier import TradierVenue
+
+        #: The Tradier front-end (sessions, equity accounts, in-process order API).
+        self.tradier: TradierVenue = TradierVenue(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -417,6 +454,7 @@ class SimExchange:
         app.router.add_get("/api/v1/market/pairs", self._rest_pairs)
         app.router.add_get("/api/v1/market/price/{symbol}", self._rest_price)
         app.router.add_get("/admin/state", self._admin_state)
+        self.tradier.add_routes(app)  # Tradier front-end: /v1/...
         app.router.add_post("/admin/fault/{fault}", self._admin_fault)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
@@ -481,6 +519,11 @@ class SimExchange:
         """Simulated time in milliseconds since the epoch."""
         elapsed = asyncio.get_running_loop().time() - self._t0
         return self._sim0_ms + int(elapsed * self.config.speed * 1000)
+
+    def now_ns(self) -> int:
+        """Simulated time in nanoseconds since the epoch (Tradier's heartbeat timestamps)."""
+        elapsed = asyncio.get_running_loop().time() - self._t0
+        return self._sim0_ms * 1_000_000 + int(elapsed * self.config.speed * 1e9)
 
     # -- accounts ---------------------------------------------------------------------
 
@@ -623,6 +666,52 @@ class SimExchange:
         ``config.sparse_order_events``.
         """
         self._sparse_orders = enabled
+
+    # -- Tradier faults (agentstream/sim/tradier.py) ------------------------------------
+
+    def fail_tradier_sessions(self, status: int = 503, count: int = 1) -> None:
+        """Fault: answer the next ``count`` Tradier session requests with HTTP ``status``."""
+        self.tradier.fail_sessions(status, count)
+
+    def expire_tradier_sessions(self) -> int:
+        """Fault: every Tradier session id not yet used by a socket expires now.
+
+        Returns how many expired; sockets already streaming are not affected.
+        """
+        return self.tradier.expire_sessions()
+
+    def slow_tradier_lookups(self, seconds: float) -> None:
+        """Fault: Tradier's ``GET /v1/accounts/{account}/orders/{id}`` answers ``seconds``
+        late (0 ends it)."""
+        self.tradier.slow_lookups(seconds)
+
+    def fail_tradier_lookups(self, status: int = 503, count: int | None = None) -> None:
+        """Fault: Tradier's order look-up answers HTTP ``status``, for the next ``count``
+        requests or until :meth:`heal_tradier_lookups`."""
+        self.tradier.fail_lookups(status, count)
+
+    def heal_tradier_lookups(self) -> None:
+        """End :meth:`slow_tradier_lookups` and :meth:`fail_tradier_lookups`."""
+        self.tradier.heal_lookups()
+
+    def tradier_end_of_day(self) -> int:
+        """Fault: the trading day ends: open ``day``/``pre``/``post`` Tradier orders expire.
+
+        Returns how many expired (``gtc`` orders stay open).
+        """
+        return self.tradier.end_of_day()
+
+    def revoke_tradier_token(self, token: str) -> int:
+        """Fault: Tradier token ``token`` is refused from now on (401 on every request);
+        its unused session ids are invalidated. Returns how many. Streaming sockets stay."""
+        return self.tradier.revoke_token(token)
+
+    def add_tradier_token(self, token: str, *accounts: str) -> None:
+        """Accept Tradier token ``token`` (again), for ``accounts`` (new accounts get
+        ``config.tradier_cash``); with no accounts, a revoked token gets its own back."""
+        self.tradier.add_token(token, *accounts)
+
+    # -- end Tradier faults -------------------------------------------------------------
 
     # -- introspection ----------------------------------------------------------------
 
@@ -921,6 +1010,7 @@ class SimExchange:
                 if len(acct.orders) > 10_000:
                     for oid in [o.order_id for o in acct.orders.values() if not o.open][:1000]:
                         del acct.orders[oid]
+            self.tradier.step(ts)  # Tradier front-end: its equity orders, same clock and loop
 
     async def _portfolio_loop(self) -> None:
         while True:
@@ -1105,6 +1195,7 @@ class SimExchange:
                 ],
                 "refusing": self._refuse_status,
                 "sparse_order_events": self._sparse_orders,
+                "tradier": self.tradier.state(),  # Tradier front-end
             }
         )
 
@@ -1148,6 +1239,10 @@ class SimExchange:
                     raise TypeError("enabled must be true or false")
                 self.sparse_order_events(enabled)
                 result = None
+            elif fault.startswith("tradier_"):  # Tradier front-end faults
+                known, result = self.tradier.admin_fault(fault, params)
+                if not known:
+                    return web.json_response({"error": f"unknown fault {fault!r}"}, status=404)
             elif fault == "restart":
                 downtime = float(params.get("downtime", 1.0))
                 # Answer first: the restart drops this very server.

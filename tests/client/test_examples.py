@@ -65,6 +65,7 @@ def example_env(sim: SimExchange) -> dict[str, str]:
         AGENTSTREAM_BASE_URL=sim.url,
         AGENTEXCHANGE_API_KEY=DEMO_API_KEY,
         AGENTEXCHANGE_WS_URL=sim.url,
+        TRADIER_BASE_URL=sim.http_url,
     )
     return env
 
@@ -171,11 +172,17 @@ def subscribed(sim: SimExchange, *keys: str) -> Callable[[], bool]:
 
 def test_every_example_is_covered() -> None:
     covered = {*SELF_EXITING, *STREAMING, "channels.py", "async_event_loop.py"}
-    assert len(covered) == 8
+    assert len(covered) == 9
     assert {p.name for p in EXAMPLES.glob("*.py")} == covered
 
 
-SELF_EXITING = ["construction.py", "run_forever.py", "agent_setup.py", "price_stream.py"]
+SELF_EXITING = [
+    "construction.py",
+    "run_forever.py",
+    "agent_setup.py",
+    "price_stream.py",
+    "tradier_orders.py",
+]
 
 
 @pytest.mark.anyio
@@ -191,6 +198,14 @@ STREAMING = {
     "connect.py": r"BTC: \$\d+(\.\d+)?\n",
     "decorators.py": r"BTC: \$\d+(\.\d+)?\n",
 }
+
+
+@pytest.mark.anyio
+async def test_tradier_example_follows_its_order_to_the_fill() -> None:
+    async with exchange() as sim, run_example("tradier_orders.py", sim) as ex:
+        m = await ex.expect(r"order (\d+): filled +buy 2(\.0+)? AAPL filled 2(\.0+)? @ \d")
+        assert int(m.group(1)) > 0
+        assert await ex.exited() == 0, ex.report()
 
 
 @pytest.mark.anyio

@@ -361,9 +361,7 @@ async def test_invalid_channel_is_reported_and_the_rest_streams() -> None:
         assert exc.channel == "candles:NOPEUSDT:15m"
         # An unknown symbol is no reason to build 15m from 5m: nothing else was tried.
         assert [type(e) for e, _ in errors] == [ServerError]
-        assert all(
-            "5m" not in key for rec in s.connection_log for key in rec.subscribe_requests
-        )
+        assert all("5m" not in key for rec in s.connection_log for key in rec.subscribe_requests)
         # Not sent again after the reconnect: it would only fail again.
         assert list(s.connection_log)[-1].subscribe_requests == ["ticker:BTCUSDT"]
 

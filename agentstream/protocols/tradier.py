@@ -1,0 +1,180 @@
+"""Tradier's account events stream, sans I/O.
+
+A REST session before every socket (``POST /v1/accounts/events/session``), the socket at
+the URL that answer gives, one payload for the whole subscription, server heartbeats
+about once a minute, order events whose numbers are JSON numbers, and
+``{"error": "session not found"}`` for a session id that is expired or used. See
+``shared/protocol/tradier.md``.
+
+Example:
+    >>> proto = TradierProtocol("https://api.tradier.com")
+    >>> proto.pre_connect("tok").url
+    'https://api.tradier.com/v1/accounts/events/session'
+    >>> proto.classify('{"event":"heartbeat","status":"active","timestamp":"..."}')
+    Heartbeat()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from agentstream.errors import AuthenticationError, ConfigurationError, StreamConnectionError
+from agentstream.protocols.base import (
+    BadFrame,
+    Data,
+    Handshake,
+    Heartbeat,
+    HttpRequest,
+    HttpResponse,
+    Inbound,
+    Kind,
+    Noise,
+    Outgoing,
+    Reconnect,
+    Refused,
+    VenueProtocol,
+)
+from agentstream.tradier.models import TradierOrder
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from agentstream.channels import Channel
+
+__all__ = ["LIVE_URL", "SANDBOX_URL", "TradierProtocol"]
+
+#: Tradier's REST roots.
+LIVE_URL: Final = "https://api.tradier.com"
+SANDBOX_URL: Final = "https://sandbox.tradier.com"
+
+#: Tradier's one channel kind: the account's order events.
+KINDS: Final[Mapping[str, Kind]] = {
+    "orders": Kind(
+        "orders",
+        TradierOrder,
+        private=True,
+        time_fields=("transaction_date",),
+    ),
+}
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _Frame(msgspec.Struct, frozen=True):
+    """The outer shape of a Tradier frame (the rest is the event itself)."""
+
+    event: str | None = None
+    error: str | None = None
+
+
+_frame: Final = msgspec.json.Decoder(_Frame)
+
+
+class _Stream(msgspec.Struct, frozen=True):
+    url: str
+    sessionid: str
+
+
+class _Session(msgspec.Struct, frozen=True):
+    stream: _Stream
+
+
+_session: Final = msgspec.json.Decoder(_Session)
+
+
+class TradierProtocol(VenueProtocol):
+    """Tradier's account events stream.
+
+    The session id of the socket being opened is kept here between the pre-connect
+    answer and the subscription payload: Tradier allows one streaming session per user,
+    so a client has one socket.
+
+    Args:
+        rest_url: the REST root (``https://api.tradier.com``, the sandbox, or the sim).
+        exclude_accounts: account numbers whose events the stream leaves out.
+    """
+
+    venue = "tradier"
+    kinds = KINDS
+    hot_kind = None
+    #: Heartbeats come about once a minute: 150 s without any frame is a dead socket.
+    stale_timeout = 150.0
+    max_subscriptions = 1
+    auth_http_statuses = frozenset({401, 403})
+
+    def __init__(self, rest_url: str, exclude_accounts: Sequence[str] = ()) -> None:
+        rest_url = rest_url.strip().rstrip("/")
+        if not rest_url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"base_url must be an http(s) URL, got {rest_url!r}")
+        if isinstance(exclude_accounts, str):
+            raise ConfigurationError("exclude_accounts takes a list of account numbers")
+        self.rest_url = rest_url
+        self.exclude_accounts = [str(a) for a in exclude_accounts]
+        self.session: str | None = None
+
+    def pre_connect(self, token: str) -> HttpRequest:
+        """A fresh streaming session: a session id is used once and lasts 5 minutes."""
+        return HttpRequest(
+            "POST",
+            f"{self.rest_url}/v1/accounts/events/session",
+            {"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            secret=token,
+        )
+
+    def handshake(self, token: str, answer: HttpResponse | None) -> Handshake:
+        if answer is None:
+            raise StreamConnectionError("no answer to the session request")
+        where = f"{self.rest_url}/v1/accounts/events/session"
+        if answer.status in self.auth_http_statuses:
+            raise AuthenticationError(
+                f"Tradier refused the token (HTTP {answer.status}) at {where}",
+                status=answer.status,
+            )
+        if answer.status != 200:
+            raise StreamConnectionError(f"{where} answered HTTP {answer.status}")
+        try:
+            stream = _session.decode(answer.body).stream
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StreamConnectionError(f"{where} answered no session: {exc}") from None
+        self.session = stream.sessionid
+        return Handshake(stream.url, secret=stream.sessionid)
+
+    def subscribe_messages(
+        self, token: str, add: list[Channel], wanted: list[Channel]
+    ) -> list[Outgoing]:
+        """One payload for the whole subscription (sent again, it replaces it)."""
+        payload = {
+            "events": ["order"],
+            "sessionid": self.session,
+            "excludeAccounts": self.exclude_accounts,
+        }
+        return [Outgoing(_encode(payload).decode())]
+
+    def classify(self, frame: str | bytes) -> Inbound:
+        try:
+            head = _frame.decode(frame)
+        except RecursionError:
+            return BadFrame("nested too deeply")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return BadFrame(str(exc) or "not a JSON object")
+        if head.error is not None:
+            if "session" in head.error.lower():
+                # Expired or used: open a new session, this is no authentication failure.
+                return Reconnect(head.error)
+            return Refused(head.error, head.error)
+        if head.event == "order":
+            return Data(
+                "orders", msgspec.Raw(frame if isinstance(frame, bytes) else frame.encode())
+            )
+        if head.event == "heartbeat":
+            return Heartbeat()
+        if head.event is None:
+            return BadFrame("neither an event nor an error")
+        return Noise(head.event)
+
+    def channel_for(self, key: str) -> Channel:
+        from agentstream.channels import Channel
+
+        return Channel.parse(key, self.kinds)
