@@ -505,6 +505,7 @@ class TradierVenue:
         app.router.add_get("/v1/accounts/{account}/orders", self._rest_orders)
         app.router.add_get("/v1/accounts/{account}/orders/{order_id}", self._rest_order)
         app.router.add_delete("/v1/accounts/{account}/orders/{order_id}", self._rest_cancel)
+        app.router.add_get("/v1/user/profile", self._rest_profile)
 
     # -- tokens, orders (in-process) ----------------------------------------------------
 
@@ -811,6 +812,32 @@ class TradierVenue:
         return _answer(
             request, {"stream": {"url": self._stream_url(request), "sessionid": session.id}}
         )
+
+    async def _rest_profile(self, request: web.Request) -> web.Response:
+        """``GET /v1/user/profile``: the user and their accounts (clients read the account
+        numbers here). One account is a plain object, several a list, as Tradier's."""
+        token = self._token(request)
+        if token is None:
+            return _refusal(request, TradierError(_INVALID_TOKEN, status=401))
+        accounts = [
+            {
+                "account_number": number,
+                "classification": "individual",
+                "date_created": "2024-01-02T00:00:00.000Z",
+                "day_trader": False,
+                "option_level": 2,
+                "status": "active",
+                "type": "margin",
+                "last_update_date": "2024-01-02T00:00:00.000Z",
+            }
+            for number in self.tokens[token]
+        ]
+        profile = {
+            "account": accounts[0] if len(accounts) == 1 else accounts,
+            "id": f"id-{accounts[0]['account_number'].lower()}" if accounts else "id-none",
+            "name": "Agentstream Demo",
+        }
+        return _answer(request, {"profile": profile})
 
     def _stream_url(self, request: web.Request) -> str:
         """The socket URL: this server's own scheme, host and port."""

@@ -1130,3 +1130,16 @@ async def test_serve_has_the_tradier_routes_and_prints_the_demo_token(
         with anyio.fail_after(5):
             await proc.wait()
         await proc.aclose()
+
+
+async def test_the_user_profile_lists_the_tokens_accounts() -> None:
+    """Third-party clients read the account numbers from ``GET /v1/user/profile``."""
+    async with SimExchange(tick_rate=0) as sim, aiohttp.ClientSession() as http:
+        url = f"{sim.http_url}/v1/user/profile"
+        headers = {"Authorization": f"Bearer {TRADIER_DEMO_TOKEN}", "Accept": "application/json"}
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["profile"]["account"]["account_number"] == TRADIER_DEMO_ACCOUNT
+        async with http.get(url, headers={"Authorization": "Bearer nope"}) as resp:
+            assert resp.status == 401
