@@ -834,7 +834,7 @@ class TradierVenue:
         ]
         profile = {
             "account": accounts[0] if len(accounts) == 1 else accounts,
-            "id": f"id-{accounts[0]['account_number'].lower()}" if accounts else "id-none",
+            "id": f"id-{self.tokens[token][0].lower()}" if accounts else "id-none",
             "name": "Agentstream Demo",
         }
         return _answer(request, {"profile": profile})
