@@ -1,0 +1,200 @@
+"""``TastytradeStream``: tastytrade's account streamer, supervised, as the SDK page uses it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from agentstream._client import Credential, StreamClient
+from agentstream.channels import Channel
+from agentstream.errors import ConfigurationError
+from agentstream.protocols.tastytrade import LIVE_URL, SANDBOX_URL, TastytradeProtocol
+
+if TYPE_CHECKING:
+    import logging
+    import ssl as _ssl
+
+__all__ = ["TastytradeStream"]
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def _account_number(account: object) -> str:
+    number = getattr(account, "account_number", account)
+    if not isinstance(number, str) or not number.strip():
+        raise ConfigurationError(
+            f"an account is an account number or has .account_number, not {account!r}"
+        )
+    return number.strip()
+
+
+class TastytradeStream(StreamClient):
+    """tastytrade's account streamer with a supervisor that keeps it alive for days.
+
+    ``connect`` (with your accounts) goes first and is acknowledged before any other
+    subscription; a ``heartbeat`` carrying the current token goes out every
+    ``heartbeat_interval`` seconds; after every reconnect ``connect`` and every
+    subscription are sent again, then ``reconnect_fn(streamer, *reconnect_args)`` runs.
+    A ``"failed"`` answer (an expired token) gets one more try with a fresh token when
+    ``token`` is a callable; a fixed token refused, or a fresh one refused again, stops
+    the stream with :class:`~agentstream.AuthenticationError`.
+
+    Args:
+        token: the ``"Bearer <access token>"`` string, or a sync or async callable
+            returning the current one (access tokens last about 15 minutes); read fresh
+            for every connection and every message. Never logged or shown in reprs.
+        accounts: account numbers (or objects with ``.account_number``) to follow.
+        url: the streamer's URL (default live ``wss://streamer.tastyworks.com``).
+        sandbox: use ``wss://streamer.cert.tastyworks.com``.
+        reconnect_fn, reconnect_args: an async (or sync) callback run after every
+            reconnect as ``reconnect_fn(streamer, *reconnect_args)``.
+        heartbeat_interval: seconds between heartbeats (default 15).
+        stale_timeout: seconds without any frame before the socket is declared dead
+            (default 60; heartbeat acks count).
+        Other options as for :class:`~agentstream.AgentExchangeWS`.
+
+    Example:
+        >>> async with TastytradeStream(token, reconnect_fn=cb, reconnect_args=(a, b)) as s:
+        ...     await s.subscribe_accounts(accounts)
+        ...     async for order in s.listen(PlacedOrder):
+        ...         print(order.account_number, order.status, order.underlying_symbol)
+    """
+
+    def __init__(
+        self,
+        token: Credential,
+        accounts: Iterable[object] = (),
+        *,
+        url: str | None = None,
+        sandbox: bool = False,
+        reconnect_fn: Callable[..., Awaitable[Any] | Any] | None = None,
+        reconnect_args: tuple[Any, ...] = (),
+        heartbeat_interval: float = 15.0,
+        stale_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        close_timeout: float = 0.5,
+        backoff_initial: float | None = None,
+        backoff_max: float | None = None,
+        backoff_factor: float | None = None,
+        backoff_jitter: float | None = None,
+        healthy_after: float | None = None,
+        queue_size: int = 10_000,
+        max_message_size: int = 1 << 20,
+        ssl: _ssl.SSLContext | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        protocol = TastytradeProtocol(
+            url or (SANDBOX_URL if sandbox else LIVE_URL), heartbeat_interval=heartbeat_interval
+        )
+        super().__init__(
+            protocol,
+            token,
+            stale_timeout=stale_timeout,
+            connect_timeout=connect_timeout,
+            close_timeout=close_timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            backoff_factor=backoff_factor,
+            backoff_jitter=backoff_jitter,
+            healthy_after=healthy_after,
+            queue_size=queue_size,
+            max_message_size=max_message_size,
+            ssl=ssl,
+            logger=logger,
+        )
+        self.url = protocol.url
+        if reconnect_fn is not None:
+            self.on_reconnect(reconnect_fn, *reconnect_args)
+        if isinstance(accounts, str):
+            accounts = [accounts]
+        self._follow(accounts)
+
+    def _follow(self, accounts: Iterable[object]) -> None:
+        kind = self._kinds["account"]
+        self.subscribe(*[Channel.of(kind, _account_number(a)) for a in accounts])
+
+    # -- the SDK page's subscriptions ------------------------------------------------
+
+    async def subscribe_accounts(self, accounts: Iterable[object] | object) -> None:
+        """Follow the balances, orders and positions of ``accounts``.
+
+        Account numbers, or objects with ``.account_number`` (the SDK's ``Account``); one
+        or several. Subscribing an account again changes nothing (safe in a reconnect
+        callback).
+
+        Example:
+            >>> await streamer.subscribe_accounts(["5WT00000"])
+        """
+        if isinstance(accounts, str) or not isinstance(accounts, Iterable):
+            accounts = [accounts]
+        self._follow(accounts)
+
+    async def subscribe_public_watchlists(self) -> None:
+        """Changes in tastytrade's public watchlists (``listen(Watchlist)``)."""
+        self.subscribe(Channel.of(self._kinds["watchlists"]))
+
+    async def subscribe_quote_alerts(self) -> None:
+        """Your quote alerts as they trigger (``listen(QuoteAlert)``)."""
+        self.subscribe(Channel.of(self._kinds["quote_alerts"]))
+
+    # -- decorators --------------------------------------------------------------------
+
+    def _on(self, kind: str, handler: H | None, thread: bool) -> H | Callable[[H], H]:
+        return self._register(Channel.of(self._kinds[kind]), handler, thread=thread)
+
+    @overload
+    def on_order_update(
+        self, handler: None = None, *, thread: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_order_update(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Every ``Order`` message of the followed accounts: a dict of the data as sent
+        (kebab-case keys), or a :class:`PlacedOrder` when annotated so.
+
+        Example:
+            >>> @ts.on_order_update()
+            ... def on_order(o: PlacedOrder):
+            ...     print(o.id, o.status)
+        """
+        return self._on("orders", handler, thread)
+
+    @overload
+    def on_balance(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_balance(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_balance(self, handler: H | None = None, *, thread: bool = False) -> H | Callable[[H], H]:
+        """Every ``AccountBalance`` message (typed: :class:`AccountBalance`)."""
+        return self._on("balances", handler, thread)
+
+    @overload
+    def on_position(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_position(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_position(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Every ``CurrentPosition`` message (typed: :class:`CurrentPosition`)."""
+        return self._on("positions", handler, thread)
+
+    @overload
+    def on_quote_alert(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_quote_alert(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_quote_alert(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Your quote alerts (subscribes them; typed: :class:`QuoteAlert`)."""
+        return self._on("quote_alerts", handler, thread)
+
+    @overload
+    def on_watchlist(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_watchlist(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_watchlist(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Public watchlist changes (subscribes them; typed: :class:`Watchlist`)."""
+        return self._on("watchlists", handler, thread)
