@@ -21,11 +21,13 @@ from agentstream.errors import (
     HandlerError,
     HandshakeError,
     ProtocolError,
+    RestError,
     ServerError,
     StaleConnectionError,
     StreamConnectionError,
 )
 from agentstream.models import Candle, Event, Gap, OrderUpdate, Portfolio, Ticker
+from agentstream.orders import OrderEvent, OrderStatus
 from agentstream.protocols.agentexchange import INTERVALS
 
 __version__ = "0.1.0"
@@ -45,9 +47,12 @@ __all__ = [
     "Gap",
     "HandlerError",
     "HandshakeError",
+    "OrderEvent",
+    "OrderStatus",
     "OrderUpdate",
     "Portfolio",
     "ProtocolError",
+    "RestError",
     "ServerError",
     "StaleConnectionError",
     "Stats",

@@ -42,6 +42,7 @@ from agentstream.errors import (
     ConfigurationError,
     HandlerError,
 )
+from agentstream.orders import OrderEvent
 from agentstream.transport import Connection, Transport
 
 if TYPE_CHECKING:
@@ -178,6 +179,9 @@ class StreamClient:
         self._protocol = protocol
         self._kinds = protocol.kinds
         self._models = {spec.model: name for name, spec in self._kinds.items() if spec.model}
+        if protocol.orders_kind is not None:
+            # The cross-venue view: its handlers get the venue's events converted.
+            self._models[OrderEvent] = protocol.orders_kind
         self._stale_timeout = float(stale_timeout)
         self._connect_timeout = float(connect_timeout)
         self._close_timeout = float(close_timeout)
@@ -789,7 +793,10 @@ class StreamClient:
                 wild = spec.wildcard is not None and f"{spec.name}:{spec.wildcard}" in wanted
                 if wild and ch.symbol != spec.wildcard:
                     listeners = []  # they get every symbol from the wildcard's route
-                typed = tuple(s for s in slots if s.model is not None) + tuple(listeners)
+                typed = tuple(
+                    _ViewSink(self._protocol.order_event, s) if s.model is OrderEvent else s
+                    for s in (*(s for s in slots if s.model is not None), *listeners)
+                )
                 plain = tuple(s for s in slots if s.model is None)
                 routes[key] = self._stage(Route(key, spec, plain, typed))
             derived = {t: src for t, src in self._derived.items() if t in wanted}
@@ -1142,6 +1149,28 @@ class StreamClient:
 
 
 _END: Any = object()
+
+
+class _ViewSink:
+    """In front of a handler that wants the venue's typed events in another shape
+    (:class:`OrderEvent`): converts each, then pushes it to the handler's own queue."""
+
+    __slots__ = ("direct", "fn", "inline", "model", "partial", "push", "queue", "stopped")
+
+    def __init__(self, convert: Callable[[Any], Any], slot: Slot) -> None:
+        self.partial = slot.partial
+        self.inline = False
+        self.direct = False
+        self.stopped = False
+        self.queue: tuple[()] = ()
+        self.fn = None
+        self.model = None
+        target = slot.push
+
+        def push(event: Any) -> None:
+            target(convert(event))
+
+        self.push: Callable[[Any], None] = push
 
 
 class _Host:

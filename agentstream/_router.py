@@ -52,7 +52,7 @@ if typing.TYPE_CHECKING:
     from agentstream._dispatch import Slot
     from agentstream.protocols.base import Kind, VenueProtocol
 
-__all__ = ["DerivedSink", "FeedTarget", "Route", "Router", "RouterHost"]
+__all__ = ["DerivedSink", "FeedTarget", "Route", "Router", "RouterHost", "Sink"]
 
 log = logging.getLogger("agentstream")
 
@@ -75,6 +75,19 @@ _PRIVATE_SEEN = 4096
 
 dict_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder().encode
+
+
+class Sink(Protocol):
+    """What a route pushes events to: a handler's :class:`Slot`, or a sink in front of
+    handlers (an aggregator's, a venue's stage, a view's)."""
+
+    push: Callable[[Any], None]
+    #: Takes every update of events that form (candles), not only final ones.
+    partial: bool
+    #: A plain sync handler's slot (the reader may call it itself); False for sinks.
+    inline: bool
+    #: Proven fast: called from the reader (the router turns it off on a slow batch).
+    direct: bool
 
 
 class RouterHost(Protocol):
@@ -131,7 +144,7 @@ class Route:
     )
 
     def __init__(
-        self, key: str, spec: Kind, dict_slots: tuple[Slot, ...], typed_slots: tuple[Slot, ...]
+        self, key: str, spec: Kind, dict_slots: tuple[Sink, ...], typed_slots: tuple[Sink, ...]
     ) -> None:
         self.key = key
         self.spec = spec
@@ -141,7 +154,7 @@ class Route:
         self.typed_slots = typed_slots
         candles = spec.final is not None  # events that form until a final one
 
-        def pushers(slots: tuple[Slot, ...], closed: bool) -> tuple[Callable[[Any], None], ...]:
+        def pushers(slots: tuple[Sink, ...], closed: bool) -> tuple[Callable[[Any], None], ...]:
             return tuple(s.push for s in slots if not candles or s.partial != closed)
 
         self.push_dict_all = pushers(dict_slots, False)
@@ -155,7 +168,9 @@ class Route:
         #: The one handler of the channel when it is a plain sync one: the reader calls it
         #: itself while it is proven fast (``Slot._push_drain`` inlined, one call less).
         slots = dict_slots + typed_slots
-        self.solo = slots[0] if len(slots) == 1 and slots[0].inline and not candles else None
+        only = slots[0] if len(slots) == 1 else None
+        # Only a real handler's slot is inline (sinks in front of handlers never are).
+        self.solo = cast("Slot", only) if only is not None and only.inline and not candles else None
         #: Data frames received for this channel.
         self.count = 0
         #: The last event (dict, model or Raw) and, for candles, the last closed one.
@@ -906,7 +921,7 @@ class DerivedSink:
                     for one in pushes_closed:
                         one(out)
 
-        self.push = push
+        self.push: Callable[[Any], None] = push
 
 
 def _refuse(data: str | bytes) -> Any:

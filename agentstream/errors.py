@@ -12,6 +12,7 @@
     ├── ProtocolError                          the server sent something we cannot use
     │   └── DecodeError (ValueError)           a frame that is not valid JSON of the right shape
     ├── ServerError                            an ``error`` message from the server
+    ├── RestError                              a venue's REST API refused a request
     └── HandlerError                           one of your handlers raised
 
 Errors never contain the API key: URLs in messages are masked.
@@ -28,6 +29,7 @@ __all__ = [
     "HandlerError",
     "HandshakeError",
     "ProtocolError",
+    "RestError",
     "ServerError",
     "StaleConnectionError",
     "StreamConnectionError",
@@ -126,6 +128,29 @@ class ServerError(AgentStreamError):
         self.code = code
         self.server_message = message
         self.channel = channel
+
+
+class RestError(AgentStreamError):
+    """A venue's REST API answered a request with an error status.
+
+    Attributes:
+        status: the HTTP status (400, 404, 409, 500, ...).
+        code: the venue's error code when it sends one (``ORDER_NOT_FOUND``), else "".
+        detail: the venue's error message, as sent.
+
+    Example:
+        >>> try:
+        ...     await rest.cancel_order("nope")
+        ... except RestError as exc:
+        ...     print(exc.status, exc.code)
+        404 ORDER_NOT_FOUND
+    """
+
+    def __init__(self, message: str, *, status: int, code: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.detail = detail
 
 
 class HandlerError(AgentStreamError):

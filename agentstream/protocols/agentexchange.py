@@ -17,6 +17,7 @@ import msgspec
 
 from agentstream.errors import ConfigurationError
 from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker
+from agentstream.orders import OrderEvent, OrderStatus, map_status
 from agentstream.protocols.base import (
     Ack,
     BadFrame,
@@ -120,6 +121,9 @@ KINDS: Final[Mapping[str, Kind]] = {
         defaults=("roi_pct",),
     ),
 }
+
+#: The platform's order statuses as :class:`~agentstream.OrderStatus` (they are the same).
+STATUS_MAP: Final = {s.value: s for s in OrderStatus if s is not OrderStatus.OTHER}
 
 #: Server error codes that answer a subscribe, and what they mean for it.
 _EFFECTS: Final = {"INVALID_CHANNEL": "invalid", "SUBSCRIPTION_LIMIT": "limit"}
@@ -259,6 +263,7 @@ class AgentExchangeProtocol(VenueProtocol):
 
     venue = "agentexchange"
     kinds = KINDS
+    orders_kind = "orders"
     hot_kind = "ticker"
     stale_timeout = 40.0
     max_subscriptions = 10
@@ -318,6 +323,24 @@ class AgentExchangeProtocol(VenueProtocol):
 
     def frame_kinds(self) -> Mapping[type[Any], tuple[str, str]]:
         return _FRAME_KINDS
+
+    def order_event(self, event: OrderUpdate) -> OrderEvent:
+        filled = event.executed_quantity
+        quantity = event.quantity or None  # "0" when the server's serializer lacked it
+        remaining = quantity - (filled or 0) if quantity is not None else None
+        times = [t for t in (event.filled_at, event.cancelled_at) if t is not None]
+        return OrderEvent(
+            venue=self.venue,
+            order_id=event.order_id,
+            symbol=event.symbol or None,
+            side=event.side or None,
+            status=map_status(STATUS_MAP, event.status, filled),
+            filled_quantity=filled,
+            remaining_quantity=remaining,
+            average_price=event.executed_price,
+            updated_at=max(times) if times else None,
+            raw=event,
+        )
 
     def channel_for(self, key: str) -> Channel:
         """A channel by key, also in the server's forms (``ticker_all``, lower case)."""

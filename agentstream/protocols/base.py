@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import msgspec
 
     from agentstream.channels import Channel
+    from agentstream.orders import OrderEvent
 
 __all__ = [
     "Ack",
@@ -376,6 +377,13 @@ class VenueProtocol(abc.ABC):
         The default: None. AgentExchange builds 15m candles from 5m and 4h from 1h.
         """
         return None
+
+    #: The kind of the venue's order events, if it has one (``OrderEvent`` handlers).
+    orders_kind: ClassVar[str | None] = None
+
+    def order_event(self, event: Any) -> OrderEvent:
+        """The venue's typed order event as the cross-venue :class:`OrderEvent`."""
+        raise NotImplementedError(f"{self.venue} has no order events")
 
     def derive(
         self, target: Channel, source: Channel, *, partial: bool

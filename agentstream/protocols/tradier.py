@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from agentstream.errors import AuthenticationError, ConfigurationError, StreamConnectionError
+from agentstream.orders import OrderEvent, OrderStatus, map_status
 from agentstream.protocols.base import (
     BadFrame,
     Data,
@@ -57,6 +58,21 @@ KINDS: Final[Mapping[str, Kind]] = {
         private=True,
         time_fields=("transaction_date",),
     ),
+}
+
+#: Tradier's statuses as :class:`~agentstream.OrderStatus`.
+STATUS_MAP: Final = {
+    "pending": OrderStatus.PENDING,
+    "calculated": OrderStatus.PENDING,  # priced, not yet working
+    "held": OrderStatus.PENDING,  # held by the broker before it works
+    "open": OrderStatus.OPEN,
+    "accepted_for_bidding": OrderStatus.OPEN,
+    "partially_filled": OrderStatus.PARTIALLY_FILLED,
+    "filled": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELLED,
+    "rejected": OrderStatus.REJECTED,
+    "error": OrderStatus.REJECTED,
+    "expired": OrderStatus.EXPIRED,
 }
 
 _encode = msgspec.json.Encoder().encode
@@ -98,6 +114,7 @@ class TradierProtocol(VenueProtocol):
 
     venue = "tradier"
     kinds = KINDS
+    orders_kind = "orders"
     hot_kind = None
     #: Heartbeats come about once a minute: 150 s without any frame is a dead socket.
     stale_timeout = 150.0
@@ -173,6 +190,22 @@ class TradierProtocol(VenueProtocol):
         if head.event is None:
             return BadFrame("neither an event nor an error")
         return Noise(head.event)
+
+    def order_event(self, event: TradierOrder) -> OrderEvent:
+        filled = event.exec_quantity
+        return OrderEvent(
+            venue=self.venue,
+            account=event.account,
+            order_id=str(event.id),
+            symbol=event.symbol,
+            side=event.side,
+            status=map_status(STATUS_MAP, event.status, filled),
+            filled_quantity=filled,
+            remaining_quantity=event.remaining_quantity,
+            average_price=event.avg_fill_price if filled else None,
+            updated_at=event.transaction_date,
+            raw=event,
+        )
 
     def channel_for(self, key: str) -> Channel:
         from agentstream.channels import Channel

@@ -126,7 +126,7 @@ class _EnrichSink:
         self.pushes = pushes
         self.typed = typed
         self.waiting: dict[int, deque[Any]] = {}
-        self.push = self._push
+        self.push: Callable[[Any], None] = self._push
 
     def _push(self, event: Any) -> None:
         oid, account = (
@@ -291,7 +291,7 @@ class TradierStream(StreamClient):
             if route.typed_slots
             else ()
         )
-        staged = Route(route.key, route.spec, sinks_dict, sinks_typed)  # type: ignore[arg-type]
+        staged = Route(route.key, route.spec, sinks_dict, sinks_typed)
         staged.inherit(route)
         return staged
 
