@@ -21,6 +21,8 @@ from agentstream.sim import (
     DEMO_API_KEY,
     INTERVAL_MS,
     REAL_SERVER_INTERVALS,
+    TASTYTRADE_DEMO_ACCOUNT,
+    TASTYTRADE_DEMO_TOKEN,
     TRADIER_DEMO_ACCOUNT,
     TRADIER_DEMO_TOKEN,
     SimConfig,
@@ -190,6 +192,11 @@ async def _serve(config: SimConfig) -> None:
         print(
             f"Tradier: REST {sim.http_url}/v1  demo token: {TRADIER_DEMO_TOKEN}"
             f" (account {TRADIER_DEMO_ACCOUNT})",
+            flush=True,
+        )
+        print(
+            f"tastytrade: streamer {sim.url}/tastytrade  REST {sim.http_url}/accounts"
+            f"  demo token: {TASTYTRADE_DEMO_TOKEN!r} (account {TASTYTRADE_DEMO_ACCOUNT})",
             flush=True,
         )
         await _wait_for_signal()

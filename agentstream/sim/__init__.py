@@ -1,7 +1,9 @@
 """The simulated AgentExchange: a real aiohttp server for demos, tests, benchmarks and bots.
 
 It also speaks Tradier's account events stream and order REST API on the same port
-(:mod:`agentstream.sim.tradier`), with the demo token :data:`TRADIER_DEMO_TOKEN`.
+(:mod:`agentstream.sim.tradier`), with the demo token :data:`TRADIER_DEMO_TOKEN`, and
+tastytrade's account streamer (``/tastytrade``) and order REST API
+(:mod:`agentstream.sim.tastytrade`), with the demo token :data:`TASTYTRADE_DEMO_TOKEN`.
 
 Example:
     >>> from agentstream.sim import SimExchange, DEMO_API_KEY
@@ -16,12 +18,18 @@ from agentstream.sim.server import (
     CLOSE_AUTH_FAILED,
     CLOSE_PONG_TIMEOUT,
     DEMO_API_KEY,
+    TASTYTRADE_DEMO_ACCOUNT,  # tastytrade front-end
+    TASTYTRADE_DEMO_TOKEN,  # tastytrade front-end
     TRADIER_DEMO_ACCOUNT,
     TRADIER_DEMO_TOKEN,
     ConnectionRecord,
     SimConfig,
     SimExchange,
     SimStats,
+)
+from agentstream.sim.tastytrade import (  # tastytrade front-end
+    TastytradeError,
+    TastytradeVenue,
 )
 from agentstream.sim.tradier import TradierError, TradierVenue  # Tradier front-end
 
@@ -31,6 +39,8 @@ __all__ = [
     "DEMO_API_KEY",
     "INTERVAL_MS",
     "REAL_SERVER_INTERVALS",
+    "TASTYTRADE_DEMO_ACCOUNT",
+    "TASTYTRADE_DEMO_TOKEN",
     "TRADIER_DEMO_ACCOUNT",
     "TRADIER_DEMO_TOKEN",
     "Account",
@@ -40,6 +50,8 @@ __all__ = [
     "SimConfig",
     "SimExchange",
     "SimStats",
+    "TastytradeError",
+    "TastytradeVenue",
     "TradierError",
     "TradierVenue",
 ]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Iterable, Mapping
 
+    from agentstream.sim.tastytrade import TastytradeVenue
     from agentstream.sim.tradier import TradierVenue
 
 log = logging.getLogger("agentstream.sim")
@@ -47,6 +48,14 @@ TRADIER_DEMO_TOKEN = "tradier_demo_agentstream"
 #: The Tradier account number :data:`TRADIER_DEMO_TOKEN` trades.
 TRADIER_DEMO_ACCOUNT = "VA000001"
 # -- end Tradier ------------------------------------------------------------------------
+
+# -- tastytrade front-end (agentstream/sim/tastytrade.py) -------------------------------
+#: A tastytrade token every simulated exchange accepts unless configured otherwise: the
+#: whole ``auth-token`` / ``Authorization`` value, ``"Bearer ..."`` included.
+TASTYTRADE_DEMO_TOKEN = "Bearer tasty_demo_agentstream"
+#: The tastytrade account number :data:`TASTYTRADE_DEMO_TOKEN` holds.
+TASTYTRADE_DEMO_ACCOUNT = "5WT00000"
+# -- end tastytrade ---------------------------------------------------------------------
 
 ERROR_INVALID_CHANNEL = "INVALID_CHANNEL"
 ERROR_SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
@@ -139,6 +148,25 @@ class SimConfig:
     #: the user's previous session (its unused session id is invalidated either way).
     tradier_new_session_ends_stream: bool = True
     # -- end Tradier --------------------------------------------------------------------
+    # -- tastytrade front-end (agentstream/sim/tastytrade.py; docs/sim.md "tastytrade") -
+    #: Valid tastytrade tokens (the whole ``"Bearer ..."`` string), each with the account
+    #: number it holds or a tuple of several.
+    tastytrade_tokens: Mapping[str, str | tuple[str, ...]] = field(
+        default_factory=lambda: {TASTYTRADE_DEMO_TOKEN: (TASTYTRADE_DEMO_ACCOUNT,)}
+    )
+    #: Starting cash (USD) of each tastytrade account.
+    tastytrade_cash: Decimal = Decimal("100000")
+    #: Seconds a token works after it is minted (configured tokens: after the sim is
+    #: made); None: for ever. tastytrade's access tokens last about 15 minutes.
+    tastytrade_token_ttl: float | None = None
+    #: Seconds without a client message after which the streamer closes a socket
+    #: (tastytrade: about a minute); None: never.
+    tastytrade_idle_timeout: float | None = 60.0
+    #: Send data messages batched as ``{"results": [...]}``, as some servers do.
+    tastytrade_batch: bool = False
+    #: Close the socket (code 1000) after answering ``"failed"``; False keeps it open.
+    tastytrade_close_on_failed: bool = False
+    # -- end tastytrade -----------------------------------------------------------------
 
 
 @dataclass
@@ -396,6 +424,12 @@ class SimExchange:
 
         #: The Tradier front-end (sessions, equity accounts, in-process order API).
         self.tradier: TradierVenue = TradierVenue(self)
+        # tastytrade front-end: its tokens, streamer sockets, equity accounts and order
+        # REST API, on this market, order loop and port.
+        from agentstream.sim.tastytrade import TastytradeVenue
+
+        #: The tastytrade front-end (tokens, equity accounts, in-process order API).
+        self.tastytrade: TastytradeVenue = TastytradeVenue(self)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -455,6 +489,7 @@ class SimExchange:
         app.router.add_get("/api/v1/market/price/{symbol}", self._rest_price)
         app.router.add_get("/admin/state", self._admin_state)
         self.tradier.add_routes(app)  # Tradier front-end: /v1/...
+        self.tastytrade.add_routes(app)  # tastytrade front-end: /tastytrade, /accounts/...
         app.router.add_post("/admin/fault/{fault}", self._admin_fault)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
@@ -712,6 +747,45 @@ class SimExchange:
         self.tradier.add_token(token, *accounts)
 
     # -- end Tradier faults -------------------------------------------------------------
+
+    # -- tastytrade faults (agentstream/sim/tastytrade.py) ------------------------------
+
+    def expire_tastytrade_tokens(self) -> int:
+        """Fault: every tastytrade token expires now (``"failed"`` on the next message,
+        401 over REST); :meth:`TastytradeVenue.mint_token` still gives fresh ones.
+        Returns how many were valid. Connected sockets keep streaming."""
+        return self.tastytrade.expire_tokens()
+
+    def revoke_tastytrade_token(self, token: str) -> int:
+        """Fault: tastytrade token ``token`` is refused from now on. Returns how many open
+        sockets connected with it (they get ``"failed"`` on their next message)."""
+        return self.tastytrade.revoke_token(token)
+
+    def add_tastytrade_token(self, token: str, *accounts: str) -> None:
+        """Accept tastytrade token ``token`` (again, with a fresh TTL) for ``accounts``;
+        with no accounts, a revoked or expired token gets its own back."""
+        self.tastytrade.add_token(token, *accounts)
+
+    def fail_tastytrade_connects(self, count: int = 1) -> None:
+        """Fault: the next ``count`` tastytrade ``connect`` messages get ``"failed"``."""
+        self.tastytrade.fail_connects(count)
+
+    def batch_tastytrade_messages(self, enabled: bool = True) -> None:
+        """Send tastytrade data messages as ``{"results": [...]}`` batches (or not)."""
+        self.tastytrade.batch(enabled)
+
+    def push_tastytrade_quote_alert(self, symbol: str = "AAPL", **kwargs: Any) -> int:
+        """Send a triggered ``QuoteAlert`` to subscribed sockets (see
+        :meth:`TastytradeVenue.push_quote_alert`); returns how many got it."""
+        return self.tastytrade.push_quote_alert(symbol, **kwargs)
+
+    def push_tastytrade_watchlist(
+        self, name: str = "Sim Movers", symbols: Iterable[str] = ("AAPL", "MSFT", "NVDA")
+    ) -> int:
+        """Send a ``PublicWatchlists`` message to subscribed sockets; returns how many."""
+        return self.tastytrade.push_watchlist(name, tuple(symbols))
+
+    # -- end tastytrade faults ----------------------------------------------------------
 
     # -- introspection ----------------------------------------------------------------
 
@@ -1011,6 +1085,7 @@ class SimExchange:
                     for oid in [o.order_id for o in acct.orders.values() if not o.open][:1000]:
                         del acct.orders[oid]
             self.tradier.step(ts)  # Tradier front-end: its equity orders, same clock and loop
+            self.tastytrade.step(ts)  # tastytrade front-end: after Tradier's equity walk
 
     async def _portfolio_loop(self) -> None:
         while True:
@@ -1196,6 +1271,7 @@ class SimExchange:
                 "refusing": self._refuse_status,
                 "sparse_order_events": self._sparse_orders,
                 "tradier": self.tradier.state(),  # Tradier front-end
+                "tastytrade": self.tastytrade.state(),  # tastytrade front-end
             }
         )
 
@@ -1241,6 +1317,10 @@ class SimExchange:
                 result = None
             elif fault.startswith("tradier_"):  # Tradier front-end faults
                 known, result = self.tradier.admin_fault(fault, params)
+                if not known:
+                    return web.json_response({"error": f"unknown fault {fault!r}"}, status=404)
+            elif fault.startswith("tastytrade_"):  # tastytrade front-end faults
+                known, result = self.tastytrade.admin_fault(fault, params)
                 if not known:
                     return web.json_response({"error": f"unknown fault {fault!r}"}, status=404)
             elif fault == "restart":
