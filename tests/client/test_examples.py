@@ -66,6 +66,8 @@ def example_env(sim: SimExchange) -> dict[str, str]:
         AGENTEXCHANGE_API_KEY=DEMO_API_KEY,
         AGENTEXCHANGE_WS_URL=sim.url,
         TRADIER_BASE_URL=sim.http_url,
+        TASTYTRADE_URL=sim.url + "/tastytrade",
+        TASTYTRADE_API=sim.http_url,
     )
     return env
 
@@ -172,7 +174,7 @@ def subscribed(sim: SimExchange, *keys: str) -> Callable[[], bool]:
 
 def test_every_example_is_covered() -> None:
     covered = {*SELF_EXITING, *STREAMING, "channels.py", "async_event_loop.py"}
-    assert len(covered) == 9
+    assert len(covered) == 10
     assert {p.name for p in EXAMPLES.glob("*.py")} == covered
 
 
@@ -182,6 +184,7 @@ SELF_EXITING = [
     "agent_setup.py",
     "price_stream.py",
     "tradier_orders.py",
+    "tastytrade_orders.py",
 ]
 
 
@@ -205,6 +208,13 @@ async def test_tradier_example_follows_its_order_to_the_fill() -> None:
     async with exchange() as sim, run_example("tradier_orders.py", sim) as ex:
         m = await ex.expect(r"order (\d+): filled +buy 2(\.0+)? AAPL filled 2(\.0+)? @ \d")
         assert int(m.group(1)) > 0
+        assert await ex.exited() == 0, ex.report()
+
+
+@pytest.mark.anyio
+async def test_tastytrade_example_follows_its_order_to_the_fill() -> None:
+    async with exchange() as sim, run_example("tastytrade_orders.py", sim) as ex:
+        await ex.expect(r"order (\d+): Filled +AAPL Buy to Open 1")
         assert await ex.exited() == 0, ex.report()
 
 
