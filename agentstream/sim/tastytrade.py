@@ -99,6 +99,40 @@ _decode = msgspec.json.Decoder().decode
 _NO_ACCOUNT = Account("<tastytrade socket>", Decimal(0))
 
 
+#: Balance fields tastytrade always sends that an equity-only cash account leaves at zero.
+_ZERO_BALANCE_FIELDS = (
+    "long-derivative-value",
+    "short-derivative-value",
+    "long-futures-value",
+    "short-futures-value",
+    "long-futures-derivative-value",
+    "short-futures-derivative-value",
+    "long-margineable-value",
+    "short-margineable-value",
+    "futures-margin-requirement",
+    "maintenance-call-value",
+    "reg-t-call-value",
+    "day-trading-call-value",
+    "day-equity-call-value",
+    "day-trade-excess",
+    "long-cryptocurrency-value",
+    "short-cryptocurrency-value",
+    "cryptocurrency-margin-requirement",
+    "unsettled-cryptocurrency-fiat-amount",
+    "closed-loop-available-balance",
+    "equity-offering-margin-requirement",
+    "long-bond-value",
+    "bond-margin-requirement",
+    "used-derivative-buying-power",
+    "reg-t-margin-requirement",
+    "futures-overnight-margin-requirement",
+    "futures-intraday-margin-requirement",
+    "maintenance-excess",
+    "pending-margin-interest",
+    "effective-cryptocurrency-buying-power",
+)
+
+
 class TastytradeError(ValueError):
     """A tastytrade REST request the sim refuses; nothing was changed.
 
@@ -698,6 +732,10 @@ class TastytradeVenue:
             "maintenance-requirement": "0.00",
             "pending-cash": "0.00",
             "pending-cash-effect": "None",
+            # The rest of tastytrade's balance: an equity-only cash account has none of
+            # these, but they are always sent (the public SDK's model requires them).
+            **dict.fromkeys(_ZERO_BALANCE_FIELDS, "0.00"),
+            "margin-equity": _money(eng.cash + long_value - short_value),
             "snapshot-date": iso_offset(now)[:10],
             "updated-at": iso_offset(now),
         }
@@ -796,6 +834,7 @@ class TastytradeVenue:
             "threshold-numeric": threshold,
             "created-at": iso_offset(now),
             "triggered-at": iso_offset(now),
+            "completed-at": iso_offset(now),  # a triggered alert is complete
             "expires-at": now + 86_400_000,
             **extra,
         }
