@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import socket
 import struct
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -27,7 +29,16 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from agentstream._redact import mask_secret
-from agentstream.sim.accounts import Account, Order, OrderError
+from agentstream.sim.accounts import (
+    FEE_RATE,
+    Account,
+    Order,
+    OrderError,
+    OrderRequest,
+    RequestValidationError,
+    iso_us,
+    parse_order_body,
+)
 from agentstream.sim.market import INTERVAL_MS, Market, Tick, format_units, iso_ms
 
 if TYPE_CHECKING:
@@ -114,7 +125,8 @@ class SimConfig:
     sparse_order_events: bool = False
     #: How often the order engine advances each open order by one step.
     order_interval: float = 0.2
-    #: Orders above this notional (USDT) fill in two steps, the first ``partially_filled``.
+    #: Tradier and tastytrade orders above this notional fill in two steps, the first
+    #: ``partially_filled``. (AgentExchange orders fill in full, as on the platform.)
     partial_fill_notional: Decimal = Decimal("2500")
     #: Market step: how often ticks are generated and candles closed.
     step_interval: float = 0.02
@@ -482,9 +494,13 @@ class SimExchange:
         app.router.add_get("/health", self._health)
         app.router.add_post("/api/v1/trade/order", self._rest_place)
         app.router.add_get("/api/v1/trade/orders", self._rest_orders)
+        app.router.add_get("/api/v1/trade/orders/open", self._rest_open_orders)
+        app.router.add_delete("/api/v1/trade/orders/open", self._rest_cancel_all)
         app.router.add_get("/api/v1/trade/order/{order_id}", self._rest_order)
         app.router.add_delete("/api/v1/trade/order/{order_id}", self._rest_cancel)
         app.router.add_get("/api/v1/account/portfolio", self._rest_portfolio)
+        app.router.add_get("/api/v1/account/balance", self._rest_balance)
+        app.router.add_get("/api/v1/account/positions", self._rest_positions)
         app.router.add_get("/api/v1/market/pairs", self._rest_pairs)
         app.router.add_get("/api/v1/market/price/{symbol}", self._rest_price)
         app.router.add_get("/admin/state", self._admin_state)
@@ -573,11 +589,15 @@ class SimExchange:
     async def place_order(self, api_key: str, **order: str) -> dict[str, Any]:
         """Place an order for ``api_key`` in-process (as the REST API does).
 
+        A market order is filled when this returns (as on the platform); the others are
+        ``pending``. Returns the order as the ``orders`` channel sends it.
+
         Raises:
-            OrderError: the order is refused; nothing changed.
+            OrderError: the order is refused; nothing changed (``RequestValidationError``
+                for a body the platform's schema refuses).
         """
         acct = self._account_or_raise(api_key)
-        placed = acct.place(self.market, **order)
+        placed = acct.place(self.market, self.now_ms(), **order)
         self._push_orders(acct, [placed])
         return placed.event()
 
@@ -595,7 +615,7 @@ class SimExchange:
     def _account_or_raise(self, api_key: str) -> Account:
         acct = self.accounts.get(api_key)
         if acct is None or api_key in self._revoked:
-            raise OrderError("UNAUTHORIZED", "invalid API key", status=401)
+            raise OrderError("INVALID_API_KEY", "Invalid API key.", status=401)
         return acct
 
     # -- faults -----------------------------------------------------------------------
@@ -1077,7 +1097,7 @@ class SimExchange:
             for acct in self.accounts.values():
                 if not acct.orders:
                     continue
-                changed = acct.step(self.market, ts, cfg.partial_fill_notional)
+                changed = acct.step(self.market, ts)
                 if changed:
                     self._push_orders(acct, changed)
                 # Fully settled orders are kept (GET /orders), but at most 10,000.
@@ -1172,68 +1192,118 @@ class SimExchange:
         return web.json_response({"status": "ok", "connections": len(self._conns)})
 
     def _rest_account(self, request: web.Request) -> Account:
-        key = request.headers.get("X-API-Key", "")
-        if not key:
-            auth = request.headers.get("Authorization", "")
-            key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-        return self._account_or_raise(key)
+        """The account of the request's ``X-API-Key``, as the platform's auth middleware.
+
+        ``Authorization: Bearer`` carries a JWT on the platform, never an API key.
+        """
+        key = request.headers.get("X-API-Key", "").strip()
+        if key:
+            return self._account_or_raise(key)
+        auth = request.headers.get("Authorization", "").strip()
+        if auth.lower().startswith("bearer ") and auth[7:].strip():
+            raise OrderError("INVALID_TOKEN", "JWT token is invalid: Not enough segments", 401)
+        raise OrderError("INVALID_API_KEY", "Authentication credentials are required.", 401)
+
+    def _prices(self, acct: Account) -> dict[str, Decimal]:
+        return {s: self.market.pairs[s].price_decimal() for s in acct.positions}
 
     async def _rest_place(self, request: web.Request) -> web.Response:
         try:
             acct = self._rest_account(request)
-            try:
-                body = _json_decode(await request.read())
-            except msgspec.DecodeError:
-                raise OrderError("INVALID_JSON", "the body must be a JSON object") from None
-            if not isinstance(body, dict):
-                raise OrderError("INVALID_JSON", "the body must be a JSON object")
-            known = {"symbol", "side", "type", "quantity", "price"}
-            unknown = set(body) - known
-            if unknown:
-                raise OrderError("INVALID_FIELD", f"unknown fields: {', '.join(sorted(unknown))}")
-            missing = {"symbol", "side", "type", "quantity"} - set(body)
-            if missing:
-                raise OrderError("MISSING_FIELD", f"missing fields: {', '.join(sorted(missing))}")
-            order = acct.place(self.market, **body)
+            req = parse_order_body(await _json_body(request))
+            order = acct.place_request(self.market, req, self.now_ms())
         except OrderError as exc:
             return _rest_error(exc)
         self._push_orders(acct, [order])
-        return web.json_response(order.event(), status=201)
+        return web.json_response(_order_response(order, req), status=201)
 
     async def _rest_cancel(self, request: web.Request) -> web.Response:
         try:
             acct = self._rest_account(request)
-            order = acct.cancel(request.match_info["order_id"], self.now_ms())
+            oid = _order_id(request)
+            unlocked = _unlocked(acct.get(oid))
+            order = acct.cancel(oid, self.now_ms())
         except OrderError as exc:
             return _rest_error(exc)
         self._push_orders(acct, [order])
-        return web.json_response(order.event())
+        return web.json_response(
+            {
+                "order_id": oid,
+                "status": "cancelled",
+                "unlocked_amount": str(unlocked),
+                "cancelled_at": iso_us(self.now_ms()),
+            }
+        )
+
+    async def _rest_cancel_all(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+        except OrderError as exc:
+            return _rest_error(exc)
+        open_orders = [o for o in acct.newest_first() if o.open]
+        # The platform sums what it unlocks over (at most) 500 open orders, then its
+        # engine cancels (at most) 200 of them.
+        total = sum((_unlocked(o) for o in open_orders[:500]), Decimal("0"))
+        now = self.now_ms()
+        cancelled = [acct.cancel(o.order_id, now) for o in open_orders[:200]]
+        if cancelled:
+            self._push_orders(acct, cancelled)
+        return web.json_response({"cancelled_count": len(cancelled), "total_unlocked": str(total)})
 
     async def _rest_order(self, request: web.Request) -> web.Response:
         try:
             acct = self._rest_account(request)
-            order = acct.orders.get(request.match_info["order_id"])
-            if order is None:
-                raise OrderError("ORDER_NOT_FOUND", "no such order", status=404)
+            order = acct.get(_order_id(request))
         except OrderError as exc:
             return _rest_error(exc)
-        return web.json_response(order.event())
+        return web.json_response(order.detail())
 
     async def _rest_orders(self, request: web.Request) -> web.Response:
         try:
             acct = self._rest_account(request)
+            limit, offset = _page(request, 500)
         except OrderError as exc:
             return _rest_error(exc)
-        status = request.query.get("status")
-        orders = [o.event() for o in acct.orders.values() if status is None or o.status == status]
-        return web.json_response({"orders": orders})
+        status = request.query.get("status") or None
+        symbol = (request.query.get("symbol") or "").upper() or None
+        rows = [
+            o
+            for o in acct.newest_first()
+            if (status is None or o.status == status) and (symbol is None or o.symbol == symbol)
+        ]
+        return _order_list(rows[offset : offset + limit], limit, offset)
+
+    async def _rest_open_orders(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+            limit, offset = _page(request, 200)
+        except OrderError as exc:
+            return _rest_error(exc)
+        rows = [o for o in acct.newest_first() if o.open]
+        return _order_list(rows[offset : offset + limit], limit, offset)
 
     async def _rest_portfolio(self, request: web.Request) -> web.Response:
         try:
             acct = self._rest_account(request)
         except OrderError as exc:
             return _rest_error(exc)
-        return web.json_response(self._snapshot(acct))
+        return web.json_response(acct.portfolio(self._prices(acct), self.now_ms()))
+
+    async def _rest_balance(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+        except OrderError as exc:
+            return _rest_error(exc)
+        return web.json_response(acct.balances(self._prices(acct)))
+
+    async def _rest_positions(self, request: web.Request) -> web.Response:
+        try:
+            acct = self._rest_account(request)
+        except OrderError as exc:
+            return _rest_error(exc)
+        items = acct.position_items(self._prices(acct))
+        total = sum((Decimal(p["unrealized_pnl"]) for p in items), Decimal("0"))
+        return web.json_response({"positions": items, "total_unrealized_pnl": str(total)})
 
     async def _rest_pairs(self, request: web.Request) -> web.Response:
         pairs = [
@@ -1374,4 +1444,191 @@ def _raw_channel(msg: dict[str, Any]) -> str | None:
 
 
 def _rest_error(exc: OrderError) -> web.Response:
-    return web.json_response({"error": {"code": exc.code, "message": str(exc)}}, status=exc.status)
+    """The platform's error answer: ``{"error": {...}}``, or FastAPI's 422 ``{"detail": [...]}``."""
+    return web.json_response(exc.body(), status=exc.status)
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request body as FastAPI reads it for a JSON body parameter.
+
+    JSON when the content type is JSON or absent; the raw text otherwise (which the
+    schema then refuses); None when empty.
+
+    Raises:
+        RequestValidationError: JSON that does not parse (``json_invalid``).
+    """
+    raw = await request.read()
+    if not raw:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}]
+        )
+    ctype = request.headers.get("Content-Type")
+    if ctype:
+        main, _, sub = ctype.split(";")[0].strip().lower().partition("/")
+        if main != "application" or not (sub == "json" or sub.endswith("+json")):
+            return raw.decode("utf-8", "replace")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        pos, msg = getattr(exc, "pos", 0), getattr(exc, "msg", str(exc))
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ["body", pos],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": msg},
+                }
+            ]
+        ) from None
+
+
+def _order_response(order: Order, req: OrderRequest) -> dict[str, Any]:
+    """``OrderResponse`` (the 201 of POST /trade/order): every field, the unused ones null.
+
+    Filled (market): ``requested_quantity`` ... ``filled_at``; pending: ``quantity``,
+    ``price``, ``locked_amount``, ``created_at``. Amounts as the request gave them.
+    """
+    out: dict[str, Any] = {
+        "order_id": order.order_id,
+        "status": order.status,
+        "symbol": order.symbol,
+        "side": order.side,
+        "type": order.type,
+    }
+    filled = dict.fromkeys(
+        (
+            "requested_quantity",
+            "executed_quantity",
+            "executed_price",
+            "slippage_pct",
+            "fee",
+            "total_cost",
+            "filled_at",
+        )
+    )
+    pending = dict.fromkeys(("quantity", "price", "locked_amount", "created_at"))
+    if order.status == "filled" and order.executed_price is not None:
+        cost = order.executed_price * order.executed_quantity
+        filled.update(
+            requested_quantity=str(req.quantity),
+            executed_quantity=str(req.quantity),
+            executed_price=str(order.executed_price),
+            slippage_pct=str(order.slippage_pct),
+            fee=str(order.fee),
+            total_cost=str(cost + order.fee if order.side == "buy" else cost - order.fee),
+            filled_at=iso_us(order.filled_ms or order.created_ms),
+        )
+        out["status"] = "filled"
+    else:
+        locked: Decimal | None = None
+        if req.price is not None:
+            gross = req.quantity * req.price
+            locked = gross + gross * FEE_RATE if req.side == "buy" else req.quantity
+        pending.update(
+            quantity=str(req.quantity),
+            price=None if req.price is None else str(req.price),
+            locked_amount=None if locked is None else str(locked),
+            created_at=iso_us(order.created_ms),
+        )
+        out["status"] = "pending"
+    return out | filled | pending
+
+
+def _unlocked(order: Order) -> Decimal:
+    """What the platform reports it unlocks when ``order`` is cancelled (from its columns)."""
+    if order.price is None:
+        return Decimal("0")
+    q8 = order.quantity.quantize(Decimal("0.00000001"))
+    if order.side == "buy":
+        gross = q8 * order.price.quantize(Decimal("0.00000001"))
+        return gross + gross * FEE_RATE
+    return q8
+
+
+def _order_list(rows: list[Order], limit: int, offset: int) -> web.Response:
+    """``OrderListResponse``. ``total`` is the length of this page, as the platform counts."""
+    return web.json_response(
+        {"orders": [o.detail() for o in rows], "total": len(rows), "limit": limit, "offset": offset}
+    )
+
+
+def _query_int(
+    request: web.Request, name: str, default: int, ge: int, le: int | None
+) -> tuple[int, dict[str, Any] | None]:
+    """A bounded integer query parameter, or pydantic's error for it."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default, None
+    loc = ["query", name]
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        msg = "Input should be a valid integer, unable to parse string as an integer"
+        return default, {"type": "int_parsing", "loc": loc, "msg": msg, "input": raw}
+    if value < ge:
+        return default, {
+            "type": "greater_than_equal",
+            "loc": loc,
+            "msg": f"Input should be greater than or equal to {ge}",
+            "input": raw,
+            "ctx": {"ge": ge},
+        }
+    if le is not None and value > le:
+        return default, {
+            "type": "less_than_equal",
+            "loc": loc,
+            "msg": f"Input should be less than or equal to {le}",
+            "input": raw,
+            "ctx": {"le": le},
+        }
+    return value, None
+
+
+def _page(request: web.Request, max_limit: int) -> tuple[int, int]:
+    """``limit`` (1 to ``max_limit``, default 100) and ``offset`` (0 or more).
+
+    Raises:
+        RequestValidationError: either is not such an integer (HTTP 422).
+    """
+    limit, e1 = _query_int(request, "limit", 100, 1, max_limit)
+    offset, e2 = _query_int(request, "offset", 0, 0, None)
+    errors = [e for e in (e1, e2) if e is not None]
+    if errors:
+        raise RequestValidationError(errors)
+    return limit, offset
+
+
+_UUID_CHARS = frozenset("0123456789abcdefABCDEF-")
+
+
+def _order_id(request: web.Request) -> str:
+    """The ``{order_id}`` path parameter as a canonical UUID string.
+
+    Raises:
+        RequestValidationError: it is not a UUID (HTTP 422, as FastAPI answers).
+    """
+    raw = request.match_info["order_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        bad = next((i for i, c in enumerate(raw) if c not in _UUID_CHARS), None)
+        if bad is not None:
+            why = (
+                "invalid character: expected an optional prefix of `urn:uuid:` followed by "
+                f"[0-9a-fA-F-], found `{raw[bad]}` at {bad + 1}"
+            )
+        else:
+            why = f"invalid length: expected length 32 for simple format, found {len(raw)}"
+        raise RequestValidationError(
+            [
+                {
+                    "type": "uuid_parsing",
+                    "loc": ["path", "order_id"],
+                    "msg": f"Input should be a valid UUID, {why}",
+                    "input": raw,
+                    "ctx": {"error": why},
+                }
+            ]
+        ) from None

@@ -6,6 +6,7 @@ import re
 import signal
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,7 +125,7 @@ async def test_serve_options_reach_the_server(session: aiohttp.ClientSession) ->
             f"{base.replace('ws://', 'http://')}/api/v1/account/portfolio",
             headers={"X-API-Key": "ak_cli"},
         ) as r:
-            assert (await r.json())["available_cash"] == "777.00"
+            assert Decimal((await r.json())["available_cash"]) == Decimal("777")
         rc, err = await stop(proc)
         assert rc == 0, err
     finally:

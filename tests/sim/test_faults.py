@@ -288,7 +288,7 @@ async def test_add_key_gives_a_new_account(
     async with session.get(
         f"{sim.http_url}/api/v1/account/portfolio", headers={"X-API-Key": "ak_new"}
     ) as r:
-        assert (await r.json())["available_cash"] == "1234.50"
+        assert Decimal((await r.json())["available_cash"]) == Decimal("1234.5")
     await ws.close()
 
 

@@ -81,9 +81,11 @@ async def test_order_updates_and_portfolio_reach_every_socket_of_the_key(
         oid = placed["order_id"]
         seen = [await order_events(ws, oid) for ws in pair]
         assert seen[0] == seen[1]  # the same events, once per socket
-        assert [d["status"] for d in seen[0]] == ["pending", "filled"]
-        assert seen[0][0] == placed
-        check_order(seen[0][1], fills=True)
+        # A market order fills when placed (the POST answers it filled): one event.
+        assert [d["status"] for d in seen[0]] == ["filled"]
+        assert seen[0][0] == sim.accounts[DEMO_API_KEY].orders[oid].event()
+        assert seen[0][0]["executed_price"] == placed["executed_price"]
+        check_order(seen[0][0], fills=True)
         # ... and so does the portfolio snapshot that follows the fill.
         snaps = [(await recv_until(ws, on("portfolio")))["data"] for ws in pair]
         for snap in snaps:
@@ -220,11 +222,11 @@ async def test_the_served_intervals_close_aligned_consecutive_candles(
 SPARSE = {"symbol": "", "side": "", "type": "", "quantity": "0"}
 
 
-def check_sparse(d: JSON, rest_view: JSON) -> None:
-    """``d`` is ``rest_view`` with the four fields blanked, everything else intact."""
+def check_sparse(d: JSON, full: JSON) -> None:
+    """``d`` is the full event ``full`` with the four fields blanked, everything else intact."""
     assert {k: d[k] for k in SPARSE} == SPARSE, d
     assert {k: v for k, v in d.items() if k not in SPARSE} == {
-        k: v for k, v in rest_view.items() if k not in SPARSE
+        k: v for k, v in full.items() if k not in SPARSE
     }
 
 
@@ -241,13 +243,11 @@ async def test_sparse_order_events_blank_exactly_four_fields(
         # REST answers are the full order.
         assert (placed["symbol"], placed["side"], placed["type"]) == ("BTCUSDT", "buy", "market")
         oid = placed["order_id"]
-        pending, filled = await order_events(ws, oid)
-        check_sparse(pending, placed)
-        assert set(pending) == {"order_id", "status", *SPARSE}
-        assert (pending["order_id"], pending["status"]) == (oid, "pending")
+        [filled] = await order_events(ws, oid)
         assert filled["status"] == "filled"
-        status, full = await rest.call("GET", f"/trade/order/{oid}")
-        assert status == 200 and full["symbol"] == "BTCUSDT"
+        status, got = await rest.call("GET", f"/trade/order/{oid}")
+        assert status == 200 and got["symbol"] == "BTCUSDT"
+        full = sim.accounts[DEMO_API_KEY].orders[oid].event()
         check_order(full, fills=True)
         check_sparse(filled, full)
         assert filled["executed_quantity"] == "0.01"
@@ -259,11 +259,14 @@ async def test_sparse_order_events_blank_exactly_four_fields(
         placed = await rest.order(
             symbol="ETHUSDT", side="buy", type="limit", quantity="0.1", price=str(limit)
         )
-        await order_events(ws, placed["order_id"], until="open")
-        status, cancelled = await rest.call("DELETE", f"/trade/order/{placed['order_id']}")
+        [pending] = await order_events(ws, placed["order_id"], until="pending")
+        order = sim.accounts[DEMO_API_KEY].orders[placed["order_id"]]
+        check_sparse(pending, order.event())
+        assert set(pending) == {"order_id", "status", "price", *SPARSE}
+        status, _ = await rest.call("DELETE", f"/trade/order/{placed['order_id']}")
         assert status == 200
         pushed = (await order_events(ws, placed["order_id"], until="cancelled"))[-1]
-        check_sparse(pushed, cancelled)
+        check_sparse(pushed, order.event())
         assert dec(pushed["price"]) == limit and ISO_MS.match(pushed["cancelled_at"])
 
 
