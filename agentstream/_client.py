@@ -22,6 +22,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
+import msgspec
 
 from agentstream._dispatch import (
     HookRunner,
@@ -31,8 +32,9 @@ from agentstream._dispatch import (
     conflation_key_for,
     first_param_model,
 )
+from agentstream._recovery import Ledger, RecoverySink
 from agentstream._redact import mask_secret
-from agentstream._router import DerivedSink, Route, Router
+from agentstream._router import DerivedSink, Route, Router, complete_dict, event_time
 from agentstream._supervisor import Link, LinkConfig
 from agentstream.backoff import Backoff
 from agentstream.channels import Channel
@@ -42,7 +44,7 @@ from agentstream.errors import (
     ConfigurationError,
     HandlerError,
 )
-from agentstream.orders import OrderEvent
+from agentstream.orders import OrderEvent, OrderStatus
 from agentstream.transport import Connection, Transport
 
 if TYPE_CHECKING:
@@ -101,9 +103,11 @@ class Stats:
     last_message_age: float | None = None
     #: Heartbeat messages from the server (venues that send them instead of pings).
     heartbeats: int = 0
-    #: Private events (orders, portfolio) received again on a second socket and not
-    #: delivered twice.
+    #: Private events (orders, portfolio) received again on a second socket, and order
+    #: states delivered already (by recovery, or a replay), that were not delivered twice.
     duplicate_events: int = 0
+    #: Order updates delivered by recovery after a reconnect (read over REST).
+    recovered_orders: int = 0
 
 
 class StreamClient:
@@ -136,6 +140,9 @@ class StreamClient:
         ssl: an ``ssl.SSLContext`` for ``wss://``; by default certificates are verified
             against the system's trust store.
         logger: logger to use instead of ``logging.getLogger("agentstream")``.
+        recover_orders: after a reconnect (when no socket was up for a while), read the
+            orders over REST and deliver, once and marked ``recovered``, every order
+            update the stream missed, before the live ones (venues with a REST client).
     """
 
     def __init__(
@@ -156,6 +163,7 @@ class StreamClient:
         max_message_size: int = 1 << 20,
         ssl: _ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
+        recover_orders: bool = True,
     ) -> None:
         if callable(credential):
             self.__credential: Credential = credential
@@ -220,6 +228,15 @@ class StreamClient:
         self._listen_slots: set[Slot] = set()
         #: Channels the server refused that are built from a finer one: target -> source.
         self._derived: dict[str, Channel] = {}
+        #: Order recovery: what each representation's handlers saw, and the sinks in front
+        #: of them now.
+        self._recover = recover_orders and protocol.orders_kind is not None
+        self._ledgers: dict[bool, Ledger] = {False: Ledger(), True: Ledger()}
+        self._order_sinks: dict[bool, RecoverySink] = {}
+        self._recovery_due = False
+        self._recovering = False
+        self._recovered = 0
+        self._started_at: datetime | None = None
         #: (target key, typed) -> (partial, the venue's aggregator for it).
         self._aggregators: dict[tuple[str, bool], tuple[bool, Callable[[Any], list[Any]]]] = {}
 
@@ -690,6 +707,8 @@ class StreamClient:
         self._derived = {}
         self._aggregators = {}
         self._router.reset_private()
+        self._recovery_due = self._recovering = False
+        self._started_at = datetime.now(UTC)
         self._running_slots = set()
         self._state = "connecting"
         started = False
@@ -721,6 +740,8 @@ class StreamClient:
                     await self._stop_event.wait()
                 tg.cancel_scope.cancel()
         finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_extras()
             if self._shared_worker is not None:
                 # Undelivered events stay in their handlers' own queues for a next run.
                 self._shared_worker.release_all()
@@ -798,7 +819,10 @@ class StreamClient:
                     for s in (*(s for s in slots if s.model is not None), *listeners)
                 )
                 plain = tuple(s for s in slots if s.model is None)
-                routes[key] = self._stage(Route(key, spec, plain, typed))
+                route = Route(key, spec, plain, typed)
+                if self._recover and ch.kind == self._protocol.orders_kind:
+                    route = self._guard_orders(route)
+                routes[key] = self._stage(route)
             derived = {t: src for t, src in self._derived.items() if t in wanted}
             # An aggregator whose channel is gone would resume from a stale window.
             for gone in [k for k in self._aggregators if k[0] not in derived]:
@@ -839,6 +863,24 @@ class StreamClient:
         for key in sorted(on_wire):
             if key not in self._placement:
                 self._place(self._channels.get(key) or sources[key])
+
+    def _guard_orders(self, route: Route) -> Route:
+        """The orders route behind recovery sinks (dedup, and hold during a recovery)."""
+        state_of = self._protocol.order_state
+        sinks: dict[bool, RecoverySink] = {}
+        for typed, slots, pushes in (
+            (False, route.dict_slots, route.push_dict_all),
+            (True, route.typed_slots, route.push_typed_all),
+        ):
+            if slots:
+                sinks[typed] = RecoverySink(self._ledgers[typed], pushes, state_of, typed=typed)
+        self._order_sinks = sinks
+        return Route(
+            route.key,
+            route.spec,
+            (sinks[False],) if False in sinks else (),
+            (sinks[True],) if True in sinks else (),
+        )
 
     def _stage(self, route: Route) -> Route:
         """A venue's hook: the route the router uses for ``route`` (default: itself).
@@ -993,6 +1035,95 @@ class StreamClient:
     def _connect_failed(self, link: Link) -> None:
         self._failed_attempts += 1
 
+    # -- order recovery ---------------------------------------------------------------
+
+    def _start_recovery(self) -> None:
+        """Hold live order events back and read the orders over REST (in a task)."""
+        key = self._protocol.orders_kind
+        start = self._router.private_gaps.open.get(key or "")
+        route = self._router.routes.get(key or "")
+        since = (
+            event_time(route.spec, start.last) if start is not None and route is not None else None
+        )
+        self._recovering = True
+        for ledger in self._ledgers.values():
+            ledger.holding = True
+        self._spawn(self._recovery, since or self._started_at)
+
+    async def _recovery(self, since: datetime | None) -> None:
+        backoff = Backoff.from_env(**self._backoff_args)
+        try:
+            while True:
+                try:
+                    events = await self._recover_orders(since)
+                    break
+                except AgentStreamError as exc:
+                    delay = backoff.next()
+                    self.log.warning(
+                        "order recovery failed (%s); live order events go on, retrying in %.2f s",
+                        exc,
+                        delay,
+                    )
+                    self._emit_error(exc, {"stage": "recovery", "channel": "orders"})
+                    self._release_orders()  # never hold live events behind a failing REST
+                    await anyio.sleep(delay)
+            n = self._deliver_recovered(events, since)
+            if n:
+                self.log.info("recovered %d order update(s) missed while disconnected", n)
+        finally:
+            self._release_orders()
+            self._recovering = False
+
+    def _release_orders(self) -> None:
+        for typed, ledger in self._ledgers.items():
+            sink = self._order_sinks.get(typed)
+            if sink is not None:
+                sink.release()
+            else:
+                ledger.holding = False
+                ledger.held.clear()
+
+    def _deliver_recovered(self, events: list[Any], since: datetime | None) -> int:
+        """Each order whose state the handlers have not seen, once, marked recovered."""
+        protocol = self._protocol
+        spec = self._kinds[protocol.orders_kind or ""]
+        delivered = 0
+        for event in events:
+            state = protocol.order_state(event)
+            if state is None:
+                continue
+            view = protocol.order_event(event)
+            known = any(lg.known(state[0]) for lg in self._ledgers.values())
+            live = view.status in (
+                OrderStatus.PENDING,
+                OrderStatus.OPEN,
+                OrderStatus.PARTIALLY_FILLED,
+            )
+            recent = since is None or (view.updated_at is not None and view.updated_at >= since)
+            if not (known or live or recent):
+                continue  # an order that ended before the gap, and handlers never saw it
+            typed = msgspec.structs.replace(event, recovered=True)
+            sent = False
+            sink = self._order_sinks.get(True)
+            if sink is not None:
+                sent = sink.deliver(typed) or sent
+            sink = self._order_sinks.get(False)
+            if sink is not None:
+                plain = msgspec.to_builtins(typed)
+                complete_dict(spec, plain, None, None)
+                sent = sink.deliver(plain) or sent
+            delivered += sent
+        self._recovered += delivered
+        return delivered
+
+    async def _recover_orders(self, since: datetime | None) -> list[Any]:
+        """The venue's orders that may have changed since ``since``, typed (a venue
+        client with a REST API overrides this; the default recovers nothing)."""
+        return []
+
+    async def _close_extras(self) -> None:
+        """Close what a venue client opened beside the stream (its REST client)."""
+
     def _channel_private(self, key: str) -> bool:
         ch = self._channels.get(key)
         return ch is not None and self._kinds[ch.kind].private
@@ -1002,6 +1133,9 @@ class StreamClient:
         gaps = self._router.private_gaps
         if gaps.open and gaps.reconnected_at is None:
             gaps.reconnected_at = datetime.now(UTC)  # the first socket back
+        if self._recovery_due and not self._recovering:
+            self._recovery_due = False
+            self._start_recovery()
         runner = self._hook_runner
         assert runner is not None
         if reconnect:
@@ -1046,6 +1180,7 @@ class StreamClient:
             # No socket left up: the account's private events are missed from now on.
             router.private_gaps.reconnected_at = None
             router.link_down(router.private_gaps, private, reason)
+            self._recovery_due = self._recover
         # Channels built from this socket's channels start from a fresh window: the
         # one forming now misses the candles sent while it was down.
         lost = {t for t, src in self._derived.items() if src.key in link.channels}
@@ -1144,7 +1279,8 @@ class StreamClient:
             queued=sum(len(s.queue) for s in slots),
             last_message_age=None if last is None else time.monotonic() - last,
             heartbeats=router.heartbeats,
-            duplicate_events=router.duplicates,
+            duplicate_events=router.duplicates + sum(lg.repeats for lg in self._ledgers.values()),
+            recovered_orders=self._recovered,
         )
 
 

@@ -8,6 +8,7 @@ it) and masked in every error.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -76,6 +77,8 @@ class RestClient:
         self._timeout = timeout
         self._ssl = ssl
         self._transport: Transport | None = None
+        #: The event loop the connections were opened on (they belong to it).
+        self._opened_on: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url}>"
@@ -94,8 +97,16 @@ class RestClient:
     async def aclose(self) -> None:
         """Close the client's connections (it opens new ones if used again)."""
         transport, self._transport = self._transport, None
+        self._opened_on = None
         if transport is not None:
             await transport.__aexit__(None, None, None)
+
+    async def aclose_on_this_loop(self) -> None:
+        """Close the connections if they were opened on the running event loop (a
+        stream closes its REST client this way when its run ends; connections opened
+        from another thread's loop are that thread's to close)."""
+        if self._transport is not None and self._opened_on is asyncio.get_running_loop():
+            await self.aclose()
 
     async def _token(self) -> str:
         cred = self.__credential
@@ -120,8 +131,10 @@ class RestClient:
         query: Mapping[str, object] | None = None,
         json: Any = None,
         form: Mapping[str, str] | None = None,
+        raw: bool = False,
     ) -> Any:
-        """One request; the decoded JSON answer (None for an empty body).
+        """One request; the decoded JSON answer (None for an empty body), or with
+        ``raw`` the body undecoded (bytes, for a venue that decodes amounts itself).
 
         Raises:
             AuthenticationError: the credential was refused (401/403).
@@ -137,6 +150,7 @@ class RestClient:
             )
             await transport.__aenter__()
             self._transport = transport
+            self._opened_on = asyncio.get_running_loop()
         token = await self._token()
         url = self.base_url + path
         if query:
@@ -161,6 +175,8 @@ class RestClient:
                 code=code,
                 detail=detail,
             )
+        if raw:
+            return answer.body
         if not answer.body.strip():
             return None
         try:

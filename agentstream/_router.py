@@ -320,6 +320,8 @@ def complete_dict(spec: Kind, plain: dict[str, Any], symbol: Any, interval: Any)
             plain[b] = plain[a]
     for name in spec.defaults:
         plain.setdefault(name, None)
+    for name in spec.flags:
+        plain.setdefault(name, False)
 
 
 class Router:

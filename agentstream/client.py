@@ -11,10 +11,14 @@ from agentstream._redact import mask_secret, mask_url
 from agentstream.channels import Channel
 from agentstream.errors import ConfigurationError
 from agentstream.protocols.agentexchange import AgentExchangeProtocol, endpoint_url
+from agentstream.rest import AgentExchangeREST
 
 if TYPE_CHECKING:
     import logging
     import ssl as _ssl
+    from datetime import datetime
+
+    from agentstream.models import OrderUpdate
 
 __all__ = ["AgentExchangeWS", "Stats"]
 
@@ -45,6 +49,8 @@ class AgentExchangeWS(StreamClient):
         ssl: an ``ssl.SSLContext`` for ``wss://``; by default certificates are verified
             against the system's trust store.
         logger: logger to use instead of ``logging.getLogger("agentstream")``.
+        recover_orders: after a reconnect, read the orders over REST and deliver each
+            update the stream missed, once, marked ``recovered`` (default on).
 
     Example:
         >>> ws = AgentExchangeWS(api_key="ak_live_...")
@@ -72,6 +78,7 @@ class AgentExchangeWS(StreamClient):
         max_message_size: int = 1 << 20,
         ssl: _ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
+        recover_orders: bool = True,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError("api_key must be a non-empty string")
@@ -93,12 +100,38 @@ class AgentExchangeWS(StreamClient):
             max_message_size=max_message_size,
             ssl=ssl,
             logger=logger,
+            recover_orders=recover_orders,
         )
         self.base_url = base_url
+        self.__api_key = api_key
+        self._rest: AgentExchangeREST | None = None
         self.__masked = f"{mask_url(endpoint_url(base_url, 'x'))} key={mask_secret(api_key)}"
 
     def __repr__(self) -> str:
         return f"<AgentExchangeWS {self.__masked} state={self._state}>"
+
+    @property
+    def rest(self) -> AgentExchangeREST:
+        """The platform's REST API with this stream's key (place, cancel, list orders).
+
+        Example:
+            >>> order = await ws.rest.place_order("BTCUSDT", "buy", "0.01")
+        """
+        if self._rest is None:
+            self._rest = AgentExchangeREST(self.__api_key, self.base_url, ssl=self._ssl)
+        return self._rest
+
+    async def _recover_orders(self, since: datetime | None) -> list[OrderUpdate]:
+        # Open orders, and the newest pages of all orders (the platform lists them
+        # newest first, at most 500 a page): enough for the orders a gap can touch.
+        rest = self.rest
+        found = {o.order_id: o for o in await rest.list_orders(limit=500)}
+        found.update({o.order_id: o for o in await rest.open_orders()})
+        return list(found.values())
+
+    async def _close_extras(self) -> None:
+        if self._rest is not None:
+            await self._rest.aclose_on_this_loop()
 
     @overload
     def on_ticker(

@@ -159,6 +159,8 @@ class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     filled_at: _OptTime = None
     cancelled_at: _OptTime = None
     rejected_reason: str | None = None
+    #: Delivered by agentstream's recovery after a reconnect (read over REST).
+    recovered: bool = False
 
     def __post_init__(self) -> None:
         if not self.order_id:

@@ -76,6 +76,20 @@ class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
     raw: Any = None
 
 
+def quantity_key(value: object) -> str:
+    """A quantity as one canonical string (``"0.50"``, ``0.5`` and ``None`` -> ``"0.5"``,
+    ``"0.5"``, ``"0"``), so states read from different sources compare equal."""
+    if value is None or value == "":
+        return "0"
+    try:
+        d = Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
+    if not d.is_finite():
+        return str(value)
+    return format(d.normalize(), "f") if d else "0"
+
+
 def map_status(
     table: Mapping[str, OrderStatus], status: str, filled: Decimal | None
 ) -> OrderStatus:

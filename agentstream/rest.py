@@ -39,7 +39,13 @@ def _order(data: Any) -> OrderUpdate:
     """A REST order (any of the platform's shapes) as the stream's ``OrderUpdate``."""
     if not isinstance(data, dict):
         raise RestError(f"expected an order object, got {type(data).__name__}", status=200)
-    fields = {_RENAMES.get(k, k): v for k, v in data.items()}
+    # The platform's answers carry both names (a filled order's `quantity` is null
+    # beside `requested_quantity`): a null never replaces a value.
+    fields: dict[str, Any] = {}
+    for k, v in data.items():
+        name = _RENAMES.get(str(k), str(k))
+        if v is not None or name not in fields:
+            fields[name] = v
     fields.setdefault("quantity", fields.get("executed_quantity") or "0")
     for name in ("symbol", "side", "type"):
         fields.setdefault(name, "")

@@ -17,7 +17,7 @@ import msgspec
 
 from agentstream.errors import ConfigurationError
 from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker
-from agentstream.orders import OrderEvent, OrderStatus, map_status
+from agentstream.orders import OrderEvent, OrderStatus, map_status, quantity_key
 from agentstream.protocols.base import (
     Ack,
     BadFrame,
@@ -112,6 +112,7 @@ KINDS: Final[Mapping[str, Kind]] = {
         private=True,
         time_fields=("filled_at", "cancelled_at"),
         defaults=_ORDER_OPTIONAL,
+        flags=("recovered",),
     ),
     "portfolio": Kind(
         "portfolio",
@@ -339,8 +340,22 @@ class AgentExchangeProtocol(VenueProtocol):
             remaining_quantity=remaining,
             average_price=event.executed_price,
             updated_at=max(times) if times else None,
+            recovered=event.recovered,
             raw=event,
         )
+
+    def order_state(self, event: Any) -> tuple[str, str, str] | None:
+        if isinstance(event, dict):
+            oid, status, filled = (
+                event.get("order_id"),
+                event.get("status"),
+                event.get("executed_quantity"),
+            )
+        else:
+            oid, status, filled = event.order_id, event.status, event.executed_quantity
+        if not isinstance(oid, str) or not oid:
+            return None
+        return oid, str(status), quantity_key(filled)
 
     def channel_for(self, key: str) -> Channel:
         """A channel by key, also in the server's forms (``ticker_all``, lower case)."""

@@ -90,6 +90,8 @@ class Kind:
             is the event's time (for gap reports).
         defaults: fields that a dict handler always finds (None when not sent).
         aliases: pairs of field names that a dict handler finds under both names.
+        flags: boolean fields a dict handler always finds (False unless set), such as
+            ``recovered`` on order events.
     """
 
     name: str
@@ -103,6 +105,7 @@ class Kind:
     time_fields: tuple[str, ...] = ()
     defaults: tuple[str, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()
+    flags: tuple[str, ...] = ()
 
 
 # -- before a socket -------------------------------------------------------------------
@@ -384,6 +387,12 @@ class VenueProtocol(abc.ABC):
     def order_event(self, event: Any) -> OrderEvent:
         """The venue's typed order event as the cross-venue :class:`OrderEvent`."""
         raise NotImplementedError(f"{self.venue} has no order events")
+
+    def order_state(self, event: Any) -> tuple[str, str, str] | None:
+        """``(order id, status, filled quantity)`` of an order event, dict or typed (the
+        quantity normalised, so ``"0.50"`` and ``0.5`` are one state); None without an
+        id. What "delivered once" means for orders."""
+        return None
 
     def derive(
         self, target: Channel, source: Channel, *, partial: bool

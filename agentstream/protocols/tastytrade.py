@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from agentstream.errors import ConfigurationError
-from agentstream.orders import OrderEvent, OrderStatus, map_status
+from agentstream.orders import OrderEvent, OrderStatus, map_status, quantity_key
 from agentstream.protocols.base import (
     Ack,
     AuthFailed,
@@ -244,8 +244,32 @@ class TastytradeProtocol(VenueProtocol):
             remaining_quantity=sum(left, Decimal(0)) if left else None,
             average_price=average,
             updated_at=event.updated_at,
+            recovered=getattr(event, "recovered", False),
             raw=event,
         )
+
+    def order_state(self, event: Any) -> tuple[str, str, str] | None:
+        if isinstance(event, dict):
+            oid, status = event.get("id"), event.get("status")
+            raw_legs = event.get("legs")
+            legs: list[Any] = raw_legs if isinstance(raw_legs, list) else []
+            fills = [
+                f.get("quantity")
+                for leg in legs
+                if isinstance(leg, dict)
+                for f in (leg.get("fills") or [])
+                if isinstance(f, dict)
+            ]
+        else:
+            oid, status = event.id, event.status
+            fills = [f.quantity for leg in event.legs for f in leg.fills]
+        if oid is None:
+            return None
+        try:
+            filled = sum((Decimal(str(q)) for q in fills), Decimal(0))
+        except ArithmeticError:
+            filled = Decimal(0)
+        return str(oid), str(status), quantity_key(filled)
 
     def channel_for(self, key: str) -> Channel:
         from agentstream.channels import Channel

@@ -16,12 +16,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from agentstream.errors import AuthenticationError, ConfigurationError, StreamConnectionError
-from agentstream.orders import OrderEvent, OrderStatus, map_status
+from agentstream.orders import OrderEvent, OrderStatus, map_status, quantity_key
 from agentstream.protocols.base import (
     BadFrame,
     Data,
@@ -57,6 +57,7 @@ KINDS: Final[Mapping[str, Kind]] = {
         TradierOrder,
         private=True,
         time_fields=("transaction_date",),
+        flags=("recovered",),
     ),
 }
 
@@ -204,8 +205,18 @@ class TradierProtocol(VenueProtocol):
             remaining_quantity=event.remaining_quantity,
             average_price=event.avg_fill_price if filled else None,
             updated_at=event.transaction_date,
+            recovered=event.recovered,
             raw=event,
         )
+
+    def order_state(self, event: Any) -> tuple[str, str, str] | None:
+        if isinstance(event, dict):
+            oid, status, filled = event.get("id"), event.get("status"), event.get("exec_quantity")
+        else:
+            oid, status, filled = event.id, event.status, event.exec_quantity
+        if isinstance(oid, bool) or not isinstance(oid, int):
+            return None
+        return str(oid), str(status), quantity_key(filled)
 
     def channel_for(self, key: str) -> Channel:
         from agentstream.channels import Channel

@@ -1,4 +1,5 @@
-"""Tradier's account events stream: ``TradierStream`` and its ``TradierOrder``.
+"""Tradier's account events stream: ``TradierStream`` and its ``TradierOrder``; the
+order REST API beside it: ``TradierREST`` (also ``ws.rest``).
 
 Example:
     >>> from agentstream.tradier import TradierStream, TradierOrder
@@ -7,6 +8,8 @@ Example:
     ... def on_order(data):
     ...     print(data["id"], data["status"], data["exec_quantity"])
     >>> ws.run_forever()
+    >>> async with TradierREST(os.environ["TRADIER_TOKEN"], account="6YA") as rest:
+    ...     oid = await rest.place_order("AAPL", "buy", 10)
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from agentstream.tradier.models import TradierOrder
 
 if TYPE_CHECKING:
     from agentstream.tradier.client import TradierStream
+    from agentstream.tradier.rest import TradierREST
 
-__all__ = ["TradierOrder", "TradierStream"]
+__all__ = ["TradierOrder", "TradierREST", "TradierStream"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +32,8 @@ def __getattr__(name: str) -> Any:
         from agentstream.tradier.client import TradierStream
 
         return TradierStream
+    if name == "TradierREST":
+        from agentstream.tradier.rest import TradierREST
+
+        return TradierREST
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,10 @@ from agentstream.protocols.tradier import LIVE_URL, SANDBOX_URL, TradierProtocol
 if TYPE_CHECKING:
     import logging
     import ssl as _ssl
+    from datetime import datetime
+
+    from agentstream.tradier.models import TradierOrder
+    from agentstream.tradier.rest import TradierREST
 
 __all__ = ["TradierStream"]
 
@@ -199,6 +203,8 @@ class TradierStream(StreamClient):
         enrich: look each new order up once (``GET /v1/accounts/{account}/orders/{id}``)
             and add its ``symbol``, ``side`` and ``quantity`` before handlers see the event.
         stale_timeout: seconds without any frame before the socket is declared dead.
+        recover_orders: after a reconnect, read the accounts' orders over REST and
+            deliver each update the stream missed, once, marked ``recovered``.
         Other options as for :class:`~agentstream.AgentExchangeWS`.
 
     Example:
@@ -229,6 +235,7 @@ class TradierStream(StreamClient):
         max_message_size: int = 1 << 20,
         ssl: _ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
+        recover_orders: bool = True,
     ) -> None:
         rest = base_url or (SANDBOX_URL if sandbox else LIVE_URL)
         self._tradier = TradierProtocol(rest, exclude_accounts)
@@ -247,10 +254,58 @@ class TradierStream(StreamClient):
             max_message_size=max_message_size,
             ssl=ssl,
             logger=logger,
+            recover_orders=recover_orders,
         )
         self.base_url = self._tradier.rest_url
         self._enrich = enrich
         self._lookups = _Lookups(self)
+        self._rest: TradierREST | None = None
+
+    @property
+    def rest(self) -> TradierREST:
+        """A :class:`~agentstream.tradier.TradierREST` for this stream's token and REST
+        root: place, read, list and cancel orders beside the stream.
+
+        Created on first use, one per stream; it reads the stream's credential for every
+        request (a callable token is called each time), uses the stream's ``ssl`` and
+        ``connect_timeout``, and has no default account (pass ``account=``, or set
+        ``ws.rest.account``). Its connections are closed when the stream's run ends, if
+        they were opened on the run's event loop; used from another loop (another
+        thread), close them with ``await ws.rest.aclose()``. It may be used before, during
+        and after a run (it reopens its connections as needed).
+
+        Example:
+            >>> @ws.on_order_update()
+            ... async def on_fill(o: TradierOrder):
+            ...     if o.status == "filled" and o.side == "buy":
+            ...         await ws.rest.place_order(o.symbol, "sell", o.quantity, type="limit",
+            ...                                   price=o.avg_fill_price * 2, account=o.account)
+        """
+        if self._rest is None:
+            from agentstream.tradier.rest import TradierREST
+
+            self._rest = TradierREST(
+                self._token,
+                base_url=self.base_url,
+                timeout=self._connect_timeout,
+                ssl=self._ssl,
+            )
+        return self._rest
+
+    async def _recover_orders(self, since: datetime | None) -> list[TradierOrder]:
+        # Every order of the accounts the stream follows (Tradier lists the day's
+        # orders and the open ones), read with the REST API.
+        rest = self.rest
+        skip = set(self._tradier.exclude_accounts)
+        found: list[TradierOrder] = []
+        for account in await rest.profile():
+            if account not in skip:
+                found += await rest.list_orders(account=account)
+        return found
+
+    async def _close_extras(self) -> None:
+        if self._rest is not None:
+            await self._rest.aclose_on_this_loop()
 
     @overload
     def on_order_update(

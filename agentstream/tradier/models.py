@@ -53,6 +53,8 @@ class TradierOrder(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     symbol: str | None = None
     side: str | None = None
     quantity: Decimal | None = None
+    #: Delivered by agentstream's recovery after a reconnect (read over REST).
+    recovered: bool = False
 
     def __post_init__(self) -> None:
         for name in (

@@ -175,6 +175,7 @@ async def test_ticker_all_is_one_gap_and_orders_have_theirs(fast_candles: SimExc
     ws.on_order_update(on_order)
     ws.on_gap(gaps.append)
     async with running(ws):
+        await wait_for(lambda: ws.stats.connections == 1)  # market orders fill at once
         await sim.place_order(
             DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.01"
         )

@@ -233,7 +233,7 @@ async def test_slow_handler_delays_neither_pongs_nor_orders(kind: str) -> None:
             await wait_for(lambda: "filled" in order_times, timeout=2, what="the fill")
             await anyio.sleep(0.5)  # several ping periods while the handler is still busy
             pongs = s.open_connections()[0].pongs
-        assert order_times["pending"] - placed < 0.3
+        # A market order fills in the POST, as on the platform: one `filled` event.
         assert order_times["filled"] - placed < 0.5
         assert s.stats.connections_opened == 1, "a late pong got the client dropped"
         assert pongs >= 8
@@ -281,8 +281,9 @@ async def test_dict_payloads_have_the_seed_fields(sim: SimExchange) -> None:
     ws.on_portfolio(lambda d: seen.setdefault("portfolio", d))
     async with running(ws):
         await wait_for(lambda: "ticker" in seen)
+        # A limit order far below the market rests: its event is `pending`.
         await sim.place_order(
-            DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
+            DEMO_API_KEY, symbol="ETHUSDT", side="buy", type="limit", quantity="2", price="1"
         )
         await wait_for(lambda: len(seen) == 4, timeout=5)
     assert seen["ticker"]["symbol"] == "SOLUSDT"

@@ -233,3 +233,27 @@ async def test_listen_and_async_with(sim: SimExchange) -> None:
     assert {o.id for o in got} == {oid}
     assert got[-1].status == "rejected"
     assert (got[-1].symbol, got[-1].side) == ("MSFT", "sell")
+
+
+async def test_order_updates_missed_while_disconnected_are_recovered(sim: SimExchange) -> None:
+    ws = stream(sim)
+    got: list[TradierOrder] = []
+
+    def on_order(o: TradierOrder) -> None:
+        got.append(o)
+
+    ws.on_order_update(on_order)
+    async with running(ws):
+        await wait_for(lambda: ws.stats.connections == 1)
+        sim.refuse_handshakes(503)
+        await sim.drop_connections()
+        await wait_for(lambda: ws.stats.failed_attempts >= 1, what="kept out")
+        oid = await place(sim, **market("NVDA", "buy", "1"))
+        await anyio.sleep(0.3)  # filled while nobody listens
+        sim.accept_handshakes()
+        await wait_for(lambda: any(o.id == oid and o.status == "filled" for o in got))
+    final = [o for o in got if o.id == oid and o.status == "filled"]
+    assert len(final) == 1
+    assert final[0].recovered is True
+    assert (final[0].symbol, final[0].side) == ("NVDA", "buy")  # read over REST
+    assert ws.stats.recovered_orders >= 1

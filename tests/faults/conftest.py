@@ -36,8 +36,12 @@ async def sim() -> AsyncIterator[SimExchange]:
 
 
 def client(url: str, key: str = DEMO_API_KEY, **options: Any) -> AgentExchangeWS:
-    """A client of ``url`` with every timer short (tests/client's FAST) and ``options``."""
-    return AgentExchangeWS(key, url, **{**FAST, **options})
+    """A client of ``url`` with every timer short (tests/client's FAST) and ``options``.
+
+    Order recovery is off: the scripted server speaks only the WebSocket (recovery,
+    which reads orders over REST, is tested in tests/client/test_recovery.py).
+    """
+    return AgentExchangeWS(key, url, **{**FAST, "recover_orders": False, **options})
 
 
 @dataclass
