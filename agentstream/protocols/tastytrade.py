@@ -244,7 +244,7 @@ class TastytradeProtocol(VenueProtocol):
             remaining_quantity=sum(left, Decimal(0)) if left else None,
             average_price=average,
             updated_at=event.updated_at,
-            recovered=getattr(event, "recovered", False),
+            recovered=event.recovered,
             raw=event,
         )
 

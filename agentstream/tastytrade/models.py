@@ -281,6 +281,9 @@ class PlacedOrder(msgspec.Struct, frozen=True, kw_only=True, rename="kebab"):
     ext_global_order_number: int | None = None
     destination_venue: str | None = None
     order_rule: dict[str, Any] | None = None
+    #: Delivered by agentstream's recovery after a reconnect (read over REST); never on
+    #: the wire.
+    recovered: bool = False
 
     def __post_init__(self) -> None:
         _check_non_negative(self, ("size", "cancelled_size", "price", "value"))
