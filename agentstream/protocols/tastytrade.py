@@ -62,7 +62,13 @@ SANDBOX_URL: Final = "wss://streamer.cert.tastyworks.com"
 #: subscriptions are what is sent; the others are the data those bring.
 KINDS: Final[Mapping[str, Kind]] = {
     "account": Kind("account", symbol=True),
-    "orders": Kind("orders", PlacedOrder, private=True, time_fields=("updated_at", "updated-at")),
+    "orders": Kind(
+        "orders",
+        PlacedOrder,
+        private=True,
+        time_fields=("updated_at", "updated-at"),
+        flags=("recovered",),
+    ),
     "complex_orders": Kind("complex_orders", private=True),
     "balances": Kind("balances", AccountBalance, private=True),
     "positions": Kind("positions", CurrentPosition, private=True),
