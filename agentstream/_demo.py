@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 
 from agentstream.client import AgentExchangeWS
+from agentstream.errors import AgentStreamError
 
 # Imported at run time on purpose: agentstream reads handler annotations to pick typed payloads.
-from agentstream.models import Candle, OrderUpdate, Portfolio, Ticker  # noqa: TC001
+from agentstream.models import Candle, Gap, OrderUpdate, Portfolio, Ticker  # noqa: TC001
 from agentstream.sim import DEMO_API_KEY, SimConfig, SimExchange
 
 if TYPE_CHECKING:
@@ -23,42 +22,35 @@ if TYPE_CHECKING:
 _SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 
 
-async def _place_demo_orders(sim: SimExchange, session: aiohttp.ClientSession) -> None:
-    """A few orders through the sim's REST API, so the order and portfolio channels have news."""
-    url = f"{sim.http_url}/api/v1/trade/order"
-    headers = {"X-API-Key": DEMO_API_KEY}
-
-    async def place(**order: str) -> dict[str, Any]:
-        async with session.post(url, json=order, headers=headers) as resp:
-            body: dict[str, Any] = await resp.json()
-            return body
-
-    await asyncio.sleep(1.0)
-    await place(symbol="BTCUSDT", side="buy", type="market", quantity="0.05")
-    await asyncio.sleep(1.5)
-    await place(symbol="SOLUSDT", side="buy", type="market", quantity="10")
-    eth = sim.market.pairs["ETHUSDT"].price_decimal()
-    await asyncio.sleep(1.5)
-    await place(
-        symbol="ETHUSDT",
-        side="buy",
-        type="limit",
-        quantity="0.5",
-        price=str((eth * Decimal("0.999")).quantize(eth)),
-    )
-    await asyncio.sleep(1.5)
-    far = await place(
-        symbol="ETHUSDT",
-        side="buy",
-        type="limit",
-        quantity="0.1",
-        price=str((eth / 2).quantize(eth)),
-    )
-    await asyncio.sleep(2.0)
-    async with session.delete(f"{url}/{far['order_id']}", headers=headers):
-        pass
-    await asyncio.sleep(2.0)
-    await place(symbol="BTCUSDT", side="sell", type="market", quantity="0.02")
+async def _place_demo_orders(ws: AgentExchangeWS, sim: SimExchange) -> None:
+    """A few orders through the REST client, so the order and portfolio channels have
+    news; then one outage, to show the reconnect, the gap and the recovered orders."""
+    rest = ws.rest
+    try:
+        await asyncio.sleep(1.0)
+        await rest.place_order("BTCUSDT", "buy", "0.05")
+        await asyncio.sleep(1.5)
+        await rest.place_order("SOLUSDT", "buy", "10")
+        eth = sim.market.pairs["ETHUSDT"].price_decimal()
+        await asyncio.sleep(1.0)
+        far = await rest.place_order(
+            "ETHUSDT", "buy", "0.1", type="limit", price=(eth / 2).quantize(eth)
+        )
+        await asyncio.sleep(1.0)
+        # An outage: the connection drops and stays down for a moment, while an order
+        # fills and another is cancelled. Nothing the stream sends reaches us meanwhile;
+        # recovery reads the orders over REST once we are back.
+        print("  -- the demo drops the connection and keeps it down for a second --")
+        sim.refuse_handshakes(503, seconds=1.0)
+        await sim.drop_connections()
+        await sim.place_order(
+            DEMO_API_KEY, symbol="BTCUSDT", side="sell", type="market", quantity="0.02"
+        )
+        await sim.cancel_order(DEMO_API_KEY, far.order_id)
+        await asyncio.sleep(3.0)
+        await rest.place_order("ETHUSDT", "buy", "0.2")
+    except AgentStreamError as exc:
+        print(f"  (the demo's order failed: {exc})")
 
 
 def _build_client(url: str) -> AgentExchangeWS:
@@ -79,7 +71,8 @@ def _build_client(url: str) -> AgentExchangeWS:
 
     def on_order(o: OrderUpdate) -> None:
         extra = f" @ {o.executed_price}" if o.executed_price is not None else ""
-        print(f"  order   {o.symbol:<8} {o.side} {o.quantity} {o.type}: {o.status}{extra}")
+        how = "  (recovered over REST after the outage)" if o.recovered else ""
+        print(f"  order   {o.symbol:<8} {o.side} {o.quantity} {o.type}: {o.status}{extra}{how}")
 
     def on_portfolio(p: Portfolio) -> None:
         print(f"  equity  {p.total_equity} USDT  cash {p.available_cash}  ROI {p.roi_pct}%")
@@ -89,7 +82,13 @@ def _build_client(url: str) -> AgentExchangeWS:
         ws.on_candles(sym, "1m", on_candle)
     ws.on_order_update(on_order)
     ws.on_portfolio(on_portfolio)
-    ws.on_disconnect(lambda reason: print(f"  (disconnected: {reason}; reconnecting)"))
+    ws.on_disconnect(lambda reason: print(f"  disconnected: {reason}; reconnecting"))
+    ws.on_reconnect(lambda _ws: print("  reconnected: every channel subscribed again"))
+
+    def on_gap(g: Gap) -> None:
+        print(f"  gap     {g.channel} was down {g.duration.total_seconds():.1f} s ({g.reason})")
+
+    ws.on_gap(on_gap)
     return ws
 
 
@@ -100,7 +99,7 @@ async def run_demo(
     stop_signal: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Start the sim and print prices, closed candles, orders and portfolio until stopped."""
-    async with SimExchange(config) as sim, aiohttp.ClientSession() as session:
+    async with SimExchange(config) as sim:
         print(f"simulated exchange on {sim.url} (1 simulated minute per {60 / config.speed:g} s)")
         print("Ctrl-C to stop\n", flush=True)
         ws = _build_client(sim.url)
@@ -117,7 +116,7 @@ async def run_demo(
             await ws.disconnect()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_place_demo_orders, sim, session)
+            tg.start_soon(_place_demo_orders, ws, sim)
             tg.start_soon(stopper)
             await ws.connect()
             tg.cancel_scope.cancel()

@@ -3,7 +3,7 @@
     agentstream serve &                 # or point TRADIER_BASE_URL at Tradier's sandbox
     python examples/tradier_orders.py
 
-It places one market order for 2 AAPL over Tradier's REST API, prints each event of it
+It places one market order for 2 AAPL with the stream's REST client (`ws.rest`), prints each event of it
 as the stream delivers it (looked up: symbol, side and quantity included), and stops
 once the order is filled. Environment: TRADIER_TOKEN (default: the sim's demo token),
 TRADIER_ACCOUNT (default: the sim's demo account), TRADIER_BASE_URL (default
@@ -12,8 +12,6 @@ http://127.0.0.1:8000).
 
 import asyncio
 import os
-
-import aiohttp
 
 from agentstream.tradier import TradierOrder, TradierStream
 
@@ -33,15 +31,9 @@ async def on_order(o: TradierOrder) -> None:
 
 
 async def place_order() -> None:
-    await asyncio.sleep(0.5)  # let the stream connect first: events are not replayed
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{BASE_URL}/v1/accounts/{ACCOUNT}/orders",
-            data={"class": "equity", "symbol": "AAPL", "side": "buy", "quantity": "2",
-                  "type": "market", "duration": "day"},
-            headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
-        ) as resp:
-            print("placed:", await resp.json(), flush=True)
+    await asyncio.sleep(0.5)  # let the stream connect first
+    order_id = await ws.rest.place_order("AAPL", "buy", 2, account=ACCOUNT)
+    print("placed: order", order_id, flush=True)
 
 
 async def main() -> None:
