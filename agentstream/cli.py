@@ -1,8 +1,10 @@
-"""Command line: ``agentstream serve`` (the simulated exchange) and ``agentstream demo``.
+"""Command line: ``agentstream serve | demo | run``.
 
 Example:
     $ agentstream serve --port 8000 --speed 60
     $ agentstream demo --seconds 20
+    $ agentstream run my_bot.py --dry-run
+    $ agentstream --version
 """
 
 from __future__ import annotations
@@ -143,7 +145,13 @@ def _add_sim_options(p: argparse.ArgumentParser, *, port: int, rate: float, spee
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentstream", description=__doc__.splitlines()[0])
+    from agentstream import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="agentstream",
+        description="agentstream: the simulated exchange, a live demo, and scripts.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentstream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the simulated exchange")
@@ -156,22 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)"
     )
-    run = sub.add_parser("run", help="run a Python script that may use top-level `await`")
+    run = sub.add_parser("run", help="run a Python script (top-level await allowed)")
     run.add_argument("script", help="path of the script")
+    run.add_argument(
+        "args", nargs=argparse.REMAINDER, help="arguments for the script (its sys.argv[1:])"
+    )
     return parser
 
 
-def run_script(path: str) -> None:
-    """Run ``path`` as ``__main__``, allowing top-level ``await`` (as in a notebook).
+def run_script(path: str, args: Sequence[str] = ()) -> None:
+    """Run ``path`` as ``__main__`` with ``sys.argv[1:]`` = ``args``, allowing top-level
+    ``await`` (as in a notebook).
 
     Example:
-        $ agentstream run examples/decorators.py
+        $ agentstream run examples/decorators.py --verbose
     """
     import ast
     import runpy
     import types
     from pathlib import Path
 
+    sys.argv = [path, *args]
     source = Path(path).read_text(encoding="utf-8")
     code = compile(source, path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     if not code.co_flags & inspect.CO_COROUTINE:  # no top-level await: run it plainly
@@ -226,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "run":
         try:
-            run_script(args.script)
+            run_script(args.script, args.args)
         except KeyboardInterrupt:
             return 130
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import sys
 import time
 from decimal import Decimal
@@ -187,3 +188,35 @@ def test_serve_refuses_bad_interval_flags(
         build_parser().parse_args(["serve", *argv])
     assert exc.value.code == 2
     assert "interval" in capsys.readouterr().err
+
+
+def test_version_and_clean_help(capsys: pytest.CaptureFixture[str]) -> None:
+    import agentstream
+    from agentstream.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"agentstream {agentstream.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text  # no raw reStructuredText in the help
+    assert "run" in text and "serve" in text and "demo" in text
+
+
+def test_run_passes_the_scripts_arguments(tmp_path: Path) -> None:
+    script = tmp_path / "bot.py"
+    script.write_text(
+        "import sys, asyncio\n"
+        "await asyncio.sleep(0)\n"  # top-level await, as `agentstream run` allows
+        "print('argv', sys.argv[1:])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentstream", "run", str(script), "--dry-run", "3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "argv ['--dry-run', '3']"
