@@ -285,6 +285,7 @@ class StreamClient:
         def add(fn: H) -> H:
             if not callable(fn):
                 raise ConfigurationError(f"a handler must be callable, not {type(fn).__name__}")
+            _check_params(fn, 1, "a handler (it gets the event)")
             model = first_param_model(fn, self._models)
             if model is not None and self._models[model] != channel.kind:
                 raise ConfigurationError(
@@ -395,7 +396,7 @@ class StreamClient:
             ... def connected():
             ...     print("connected")
         """
-        return self._add_hook(self._hooks_connect, fn)
+        return self._add_hook(self._hooks_connect, fn, 0)
 
     def on_disconnect(self, fn: H | None = None) -> Any:
         """Call ``fn(reason)`` each time a connection is lost (before reconnecting).
@@ -405,7 +406,7 @@ class StreamClient:
             ... def lost(reason: str):
             ...     print("lost:", reason)
         """
-        return self._add_hook(self._hooks_disconnect, fn)
+        return self._add_hook(self._hooks_disconnect, fn, 1)
 
     def on_reconnect(self, fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
         """Call ``fn(ws, *args)`` after every reconnect, sync or async (tastytrade style).
@@ -419,6 +420,7 @@ class StreamClient:
         """
         if not callable(fn):
             raise ConfigurationError("on_reconnect needs a callable")
+        _check_params(fn, 1 + len(args), "on_reconnect's callback (it gets the client first)")
         with self._lock:
             self._hooks_reconnect.append((fn, args))
         return fn
@@ -435,7 +437,7 @@ class StreamClient:
             ... def oops(exc, context):
             ...     print("error:", exc, context)
         """
-        return self._add_hook(self._hooks_error, fn)
+        return self._add_hook(self._hooks_error, fn, 2)
 
     def on_gap(self, fn: H | None = None) -> Any:
         """Call ``fn(gap)`` for each channel that was down across a reconnect.
@@ -450,12 +452,13 @@ class StreamClient:
             ... def gap(g):
             ...     print(f"{g.channel} down {g.duration}; missed {g.missing_candle_count}")
         """
-        return self._add_hook(self._hooks_gap, fn)
+        return self._add_hook(self._hooks_gap, fn, 1)
 
-    def _add_hook(self, hooks: list[Callable[..., Any]], fn: H | None) -> Any:
+    def _add_hook(self, hooks: list[Callable[..., Any]], fn: H | None, nargs: int) -> Any:
         def add(f: H) -> H:
             if not callable(f):
                 raise ConfigurationError("a hook must be callable")
+            _check_params(f, nargs, "a hook")
             with self._lock:
                 hooks.append(f)
             return f
@@ -541,6 +544,16 @@ class StreamClient:
                 finally:
                     self._portal = None
 
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop here: run_forever brings its own
+        else:
+            raise RuntimeError(
+                "run_forever() runs its own event loop and cannot run inside one; in async "
+                "code use `await ws.connect()` (or `async with ws:`), or call run_forever() "
+                "in a thread"
+            )
         self._active = True  # so that a stop() from another thread is not lost meanwhile
         try:
             anyio.run(main)
@@ -1364,6 +1377,22 @@ class _Host:
 
     def emit_gap(self, gap: Gap) -> None:
         self._c._emit_gap(gap)
+
+
+def _check_params(fn: Callable[..., Any], n: int, what: str) -> None:
+    """Refuse ``fn`` now if it cannot be called with ``n`` positional arguments (rather
+    than let it raise on every event later)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): it will tell when called
+    try:
+        sig.bind(*([None] * n))
+    except TypeError:
+        raise ConfigurationError(
+            f"{callable_name(fn)}{sig} cannot be {what}: it must take {n} argument"
+            f"{'' if n == 1 else 's'}"
+        ) from None
 
 
 def _ours(exc: BaseException) -> AgentStreamError | None:

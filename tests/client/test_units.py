@@ -8,6 +8,7 @@ construction and registration API.
 from __future__ import annotations
 
 import ast
+import asyncio
 import random
 import re
 from datetime import UTC, datetime, timedelta
@@ -1480,3 +1481,37 @@ def test_the_supervisors_interface_is_not_the_clients_public_api() -> None:
     ws = AgentExchangeWS("ak_demo_agentstream", "ws://127.0.0.1:9")
     for name in ("token", "open_socket", "refused", "link_up", "link_down", "emit_error"):
         assert not hasattr(ws, name), name
+
+
+@pytest.mark.parametrize(
+    "handler", [lambda: None, lambda a, b: None, lambda *, kw: None], ids=["none", "two", "kw"]
+)
+def test_a_handler_that_cannot_take_the_event_is_refused_at_registration(handler: Any) -> None:
+    ws = AgentExchangeWS("ak_demo_agentstream", "ws://127.0.0.1:9")
+    with pytest.raises(ConfigurationError, match="must take 1 argument"):
+        ws.on_ticker("BTCUSDT", handler)
+    assert ws.channels == []
+
+
+def test_handlers_and_hooks_that_fit_are_accepted() -> None:
+    ws = AgentExchangeWS("ak_demo_agentstream", "ws://127.0.0.1:9")
+    ws.on_ticker("BTCUSDT", lambda d, extra=1: None)  # defaults are fine
+    ws.on_ticker("BTCUSDT", lambda *events: None)
+    ws.on_ticker("ETHUSDT", print)  # a builtin
+    ws.on_error(lambda exc, ctx: None)
+    ws.on_connect(lambda: None)
+    ws.on_reconnect(lambda client, a, b: None, 1, 2)
+    with pytest.raises(ConfigurationError, match="must take 2 arguments"):
+        ws.on_error(lambda exc: None)
+    with pytest.raises(ConfigurationError, match="must take 3 arguments"):
+        ws.on_reconnect(lambda client: None, "extra", "args")
+
+
+def test_run_forever_inside_an_event_loop_says_what_to_do() -> None:
+    ws = AgentExchangeWS("ak_demo_agentstream", "ws://127.0.0.1:9")
+
+    async def inside() -> None:
+        ws.run_forever()
+
+    with pytest.raises(RuntimeError, match=r"await ws\.connect"):
+        asyncio.run(inside())
