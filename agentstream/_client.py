@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -535,6 +536,7 @@ class StreamClient:
         """
 
         async def main() -> None:
+            ctrl_c = _on_ctrl_c(self)
             async with anyio.from_thread.BlockingPortal() as portal:
                 self._portal = portal
                 try:
@@ -543,6 +545,7 @@ class StreamClient:
                     pass  # kept in self._fatal, raised below outside the portal's task group
                 finally:
                     self._portal = None
+                    ctrl_c()
 
         try:
             asyncio.get_running_loop()
@@ -1377,6 +1380,30 @@ class _Host:
 
     def emit_gap(self, gap: Gap) -> None:
         self._c._emit_gap(gap)
+
+
+def _on_ctrl_c(client: StreamClient) -> Callable[[], None]:
+    """In the main thread, make Ctrl-C stop ``client`` cleanly (one line, no traceback;
+    ``run_forever()`` returns); a second Ctrl-C interrupts as usual. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals reach the main thread only
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        loop.remove_signal_handler(signal.SIGINT)  # the next Ctrl-C interrupts
+        client.log.warning("Ctrl-C: stopping")
+        client._request_stop()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows)
+        return lambda: None
+
+    def undo() -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
+
+    return undo
 
 
 def _check_params(fn: Callable[..., Any], n: int, what: str) -> None:

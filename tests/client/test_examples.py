@@ -277,3 +277,35 @@ async def test_async_event_loop_example() -> None:
         assert Decimal(m.group(1)) == Decimal("0.01")
         assert Decimal(m.group(2)) > 0
         assert ex.returncode() is None, ex.report()
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT semantics")
+async def test_ctrl_c_stops_run_forever_in_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "bot.py"
+    script.write_text(
+        "import sys\n"
+        "from agentstream import AgentExchangeWS\n"
+        "ws = AgentExchangeWS('ak_demo_agentstream', sys.argv[1])\n"
+        "ws.on_ticker('BTCUSDT', lambda d: None)\n"
+        "ws.on_connect(lambda: print('connected', flush=True))\n"
+        "ws.run_forever()\n"
+        "print('after run_forever', flush=True)\n"
+    )
+    async with exchange() as sim:
+        process = await anyio.open_process(
+            [sys.executable, str(script), sim.url],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        async with process:
+            ex = Example("bot.py", process)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ex._read, process.stdout, "stdout")
+                tg.start_soon(ex._read, process.stderr, "stderr")
+                await ex.expect("connected\n")
+                process.send_signal(signal.SIGINT)
+                assert await ex.exited() == 0, ex.report()
+    assert "after run_forever" in ex.stdout, ex.report()
+    assert ex.stderr.strip() == "Ctrl-C: stopping", ex.report()
