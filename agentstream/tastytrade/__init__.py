@@ -6,6 +6,8 @@ Example:
     ...     await s.subscribe_accounts(accounts)
     ...     async for order in s.listen(PlacedOrder):
     ...         print(order.account_number, order.status, order.underlying_symbol)
+
+    Orders and balances over REST beside it: :class:`TastytradeREST` (``s.rest``).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from agentstream.tastytrade.models import (
 
 if TYPE_CHECKING:
     from agentstream.tastytrade.client import TastytradeStream
+    from agentstream.tastytrade.rest import TastytradeREST
 
 __all__ = [
     "AccountBalance",
     "CurrentPosition",
     "PlacedOrder",
     "QuoteAlert",
+    "TastytradeREST",
     "TastytradeStream",
     "Watchlist",
 ]
@@ -40,4 +44,8 @@ def __getattr__(name: str) -> Any:
         from agentstream.tastytrade.client import TastytradeStream
 
         return TastytradeStream
+    if name == "TastytradeREST":
+        from agentstream.tastytrade.rest import TastytradeREST
+
+        return TastytradeREST
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
+from urllib.parse import urlsplit
 
 from agentstream._client import Credential, StreamClient
 from agentstream.channels import Channel
@@ -13,10 +14,40 @@ from agentstream.protocols.tastytrade import LIVE_URL, SANDBOX_URL, TastytradePr
 if TYPE_CHECKING:
     import logging
     import ssl as _ssl
+    from datetime import datetime
+
+    from agentstream.tastytrade.models import PlacedOrder
+    from agentstream.tastytrade.rest import TastytradeREST
 
 __all__ = ["TastytradeStream"]
 
 H = TypeVar("H", bound=Callable[..., Any])
+
+#: Pages of an order search order recovery reads at most, per account.
+_RECOVERY_PAGES = 20
+
+
+#: The streamers' hosts -> their REST roots.
+_API_ROOTS = {
+    "streamer.tastyworks.com": "https://api.tastyworks.com",
+    "streamer.cert.tastyworks.com": "https://api.cert.tastyworks.com",
+}
+
+
+def _api_url(url: str) -> str:
+    """The REST root beside a streamer URL: tastytrade's own API for its streamers, else
+    the same host over HTTP (the simulated exchange: ``ws://127.0.0.1:8000/tastytrade``
+    -> ``http://127.0.0.1:8000``)."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if host in _API_ROOTS:
+        return _API_ROOTS[host]
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"cannot tell the REST root from the streamer URL {url!r}: pass api_url=..."
+        )
+    return f"{scheme}://{parts.netloc}"
 
 
 def _account_number(account: object) -> str:
@@ -51,6 +82,13 @@ class TastytradeStream(StreamClient):
         heartbeat_interval: seconds between heartbeats (default 15).
         stale_timeout: seconds without any frame before the socket is declared dead
             (default 60; heartbeat acks count).
+        api_url: the REST root :attr:`rest` and order recovery use (default
+            ``https://api.tastyworks.com``, ``https://api.cert.tastyworks.com`` with
+            ``sandbox``; for another ``url``, its host over HTTP: the simulated
+            exchange's ``ws://127.0.0.1:8000/tastytrade`` -> ``http://127.0.0.1:8000``).
+        recover_orders: after a reconnect (when no socket was up for a while), read the
+            followed accounts' orders over REST and deliver each update the stream
+            missed, once, marked ``recovered``.
         Other options as for :class:`~agentstream.AgentExchangeWS`.
 
     Example:
@@ -82,6 +120,8 @@ class TastytradeStream(StreamClient):
         max_message_size: int = 1 << 20,
         ssl: _ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
+        api_url: str | None = None,
+        recover_orders: bool = True,
     ) -> None:
         protocol = TastytradeProtocol(
             url or (SANDBOX_URL if sandbox else LIVE_URL), heartbeat_interval=heartbeat_interval
@@ -101,8 +141,16 @@ class TastytradeStream(StreamClient):
             max_message_size=max_message_size,
             ssl=ssl,
             logger=logger,
+            recover_orders=recover_orders,
         )
         self.url = protocol.url
+        if api_url is None:
+            from agentstream.tastytrade.rest import LIVE_API_URL, SANDBOX_API_URL
+
+            api_url = _api_url(url) if url else SANDBOX_API_URL if sandbox else LIVE_API_URL
+        #: The REST root of :attr:`rest` (and of order recovery).
+        self.api_url = api_url.strip().rstrip("/")
+        self._rest: TastytradeREST | None = None
         if reconnect_fn is not None:
             self.on_reconnect(reconnect_fn, *reconnect_args)
         if isinstance(accounts, str):
@@ -112,6 +160,68 @@ class TastytradeStream(StreamClient):
     def _follow(self, accounts: Iterable[object]) -> None:
         kind = self._kinds["account"]
         self.subscribe(*[Channel.of(kind, _account_number(a)) for a in accounts])
+
+    # -- REST beside the stream ------------------------------------------------------
+
+    @property
+    def rest(self) -> TastytradeREST:
+        """A :class:`~agentstream.tastytrade.TastytradeREST` for this stream's token and
+        REST root (:attr:`api_url`): place, read, list and cancel orders, read balances
+        and positions, beside the stream.
+
+        Created on first use, one per stream; it reads the stream's token for every
+        request (a callable is called each time), uses the stream's ``ssl`` and
+        ``connect_timeout``. Its connections are closed when the stream's run ends, if
+        they were opened on the run's event loop; used from another loop (another
+        thread), close them with ``await stream.rest.aclose()``. It may be used before,
+        during and after a run (it reopens its connections as needed).
+
+        Example:
+            >>> @streamer.on_order_update()
+            ... async def on_fill(o: PlacedOrder):
+            ...     if o.status == "Filled" and o.legs[0].action == "Buy to Open":
+            ...         await streamer.rest.place_order(
+            ...             o.account_number, o.underlying_symbol, "Sell to Close",
+            ...             o.size, "Limit", "GTC", price="250.00")
+        """
+        if self._rest is None:
+            from agentstream.tastytrade.rest import TastytradeREST
+
+            self._rest = TastytradeREST(
+                self._token,
+                base_url=self.api_url,
+                timeout=self._connect_timeout,
+                ssl=self._ssl,
+            )
+        return self._rest
+
+    def _accounts(self) -> list[str]:
+        """The account numbers the stream follows now."""
+        return [ch.symbol for ch in self.channels if ch.kind == "account" and ch.symbol]
+
+    async def _recover_orders(self, since: datetime | None) -> list[PlacedOrder]:
+        # Each followed account's orders: today's (``/orders/live``: any status, and
+        # older GTC orders still working) and, for a gap reaching further back, the
+        # search since it. One entry per order: its latest state.
+        rest = self.rest
+        latest: dict[int, PlacedOrder] = {}
+        loose: list[PlacedOrder] = []
+        for account in self._accounts():
+            found = await rest.live_orders(account)
+            if since is not None:
+                found += await rest.orders(account, start_at=since, max_pages=_RECOVERY_PAGES)
+            for order in found:
+                if order.id is None:
+                    loose.append(order)
+                    continue
+                seen = latest.get(order.id)
+                if seen is None or order.updated_at >= seen.updated_at:
+                    latest[order.id] = order
+        return [*latest.values(), *loose]
+
+    async def _close_extras(self) -> None:
+        if self._rest is not None:
+            await self._rest.aclose_on_this_loop()
 
     # -- the SDK page's subscriptions ------------------------------------------------
 
