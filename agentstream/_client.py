@@ -44,6 +44,8 @@ from agentstream.errors import (
     AuthenticationError,
     ConfigurationError,
     HandlerError,
+    HandshakeError,
+    StreamConnectionError,
 )
 from agentstream.orders import OrderEvent, OrderStatus
 from agentstream.transport import Connection, Transport
@@ -141,6 +143,10 @@ class StreamClient:
         ssl: an ``ssl.SSLContext`` for ``wss://``; by default certificates are verified
             against the system's trust store.
         logger: logger to use instead of ``logging.getLogger("agentstream")``.
+        max_attempts, give_up_after: stop for good (``connect()`` raises the last
+            ``StreamConnectionError``) after this many failed connection attempts in a
+            row, or this many seconds of them; default: retry for ever (the SDK page's
+            rule).
         recover_orders: after a reconnect (when no socket was up for a while), read the
             orders over REST and deliver, once and marked ``recovered``, every order
             update the stream missed, before the live ones (venues with a REST client).
@@ -165,6 +171,8 @@ class StreamClient:
         ssl: _ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
         recover_orders: bool = True,
+        max_attempts: int | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         if callable(credential):
             self.__credential: Credential = credential
@@ -272,6 +280,14 @@ class StreamClient:
         self._handler_errors = 0
         self._reconnects = 0
         self._failed_attempts = 0
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
+        if give_up_after is not None and give_up_after <= 0:
+            raise ConfigurationError(f"give_up_after must be positive, got {give_up_after}")
+        self._max_attempts = max_attempts
+        self._give_up_after = give_up_after
+        self._failing_since: float | None = None
+        self._failing_count = 0
 
     def __repr__(self) -> str:
         cred = self.__credential
@@ -725,6 +741,7 @@ class StreamClient:
         self._router.reset_private()
         self._recovery_due = self._recovering = False
         self._started_at = datetime.now(UTC)
+        self._failing_since = None
         self._running_slots = set()
         self._state = "connecting"
         started = False
@@ -748,6 +765,11 @@ class StreamClient:
                 tg.start_soon(self._shared_worker.run)
                 self._reconcile()
                 if not self._links:
+                    self.log.warning(
+                        "connecting with no channel: register a handler (e.g. "
+                        "@ws.on_ticker(...)) or call ws.subscribe(...); nothing will arrive "
+                        "until then"
+                    )
                     self._new_link()
                 await _first_of(self._ready, self._stop_event)
                 if not self._stop_event.is_set():
@@ -1048,8 +1070,30 @@ class StreamClient:
         self._place(self._channel_of(key) or Channel.parse(key, self._kinds), exclude=link)
         return True
 
-    def _connect_failed(self, link: Link) -> None:
+    def _connect_failed(self, link: Link, exc: StreamConnectionError) -> bool:
         self._failed_attempts += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            self._failing_count = 0
+        self._failing_count += 1
+        if self._failed_attempts == 1 and not isinstance(exc, HandshakeError):
+            self.log.warning(
+                "nothing answered the first connection: check the URL and that the server "
+                "is running (for the simulated exchange: `agentstream serve`, on "
+                "127.0.0.1:8000 by default); retrying with backoff%s",
+                "" if self._max_attempts or self._give_up_after else " for as long as it takes",
+            )
+        if (self._max_attempts is not None and self._failing_count >= self._max_attempts) or (
+            self._give_up_after is not None and now - self._failing_since >= self._give_up_after
+        ):
+            self.log.error(
+                "giving up after %d failed connection attempt(s) in %.1f s",
+                self._failing_count,
+                now - self._failing_since,
+            )
+            return True
+        return False
 
     # -- order recovery ---------------------------------------------------------------
 
@@ -1146,6 +1190,7 @@ class StreamClient:
 
     def _link_up(self, link: Link, reconnect: bool) -> None:
         self._state = "connected"
+        self._failing_since = None  # connected: give-up counts start over
         gaps = self._router.private_gaps
         if gaps.open and gaps.reconnected_at is None:
             gaps.reconnected_at = datetime.now(UTC)  # the first socket back
@@ -1372,8 +1417,8 @@ class _Host:
     def refused(self, link: Link, key: str, effect: str, reason: str) -> bool:
         return self._c._refused(link, key, effect, reason)
 
-    def connect_failed(self, link: Link) -> None:
-        self._c._connect_failed(link)
+    def connect_failed(self, link: Link, exc: StreamConnectionError) -> bool:
+        return self._c._connect_failed(link, exc)
 
     def emit_error(self, exc: AgentStreamError, context: dict[str, Any]) -> None:
         self._c._emit_error(exc, context)

@@ -108,7 +108,9 @@ class LinkHost(typing.Protocol):
         the client took care of it (moved the channel, or builds it from another)."""
         ...
 
-    def connect_failed(self, link: Link) -> None: ...
+    def connect_failed(self, link: Link, exc: StreamConnectionError) -> bool:
+        """A connection attempt failed; True if the client gives up (the link raises)."""
+        ...
 
     def emit_error(self, exc: AgentStreamError, context: dict[str, typing.Any]) -> None: ...
 
@@ -201,7 +203,8 @@ class Link:
                 fresh = False
                 conn = await host.open_socket(token)
             except StreamConnectionError as exc:
-                host.connect_failed(self)
+                if host.connect_failed(self, exc):
+                    raise  # the client was told to give up (max_attempts / give_up_after)
                 delay = backoff.next()
                 log.warning("%s: %s; retrying in %.2f s", self.label, exc, delay)
                 host.emit_error(exc, {"link": self.index, "stage": "connect"})

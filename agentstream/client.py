@@ -51,6 +51,8 @@ class AgentExchangeWS(StreamClient):
         logger: logger to use instead of ``logging.getLogger("agentstream")``.
         recover_orders: after a reconnect, read the orders over REST and deliver each
             update the stream missed, once, marked ``recovered`` (default on).
+        max_attempts, give_up_after: stop for good after this many failed connection
+            attempts in a row, or this many seconds of them (default: never give up).
 
     Example:
         >>> ws = AgentExchangeWS(api_key="ak_live_...")
@@ -79,6 +81,8 @@ class AgentExchangeWS(StreamClient):
         ssl: _ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
         recover_orders: bool = True,
+        max_attempts: int | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError("api_key must be a non-empty string")
@@ -101,6 +105,8 @@ class AgentExchangeWS(StreamClient):
             ssl=ssl,
             logger=logger,
             recover_orders=recover_orders,
+            max_attempts=max_attempts,
+            give_up_after=give_up_after,
         )
         self.base_url = base_url
         self.__api_key = api_key

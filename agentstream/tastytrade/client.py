@@ -122,6 +122,8 @@ class TastytradeStream(StreamClient):
         logger: logging.Logger | None = None,
         api_url: str | None = None,
         recover_orders: bool = True,
+        max_attempts: int | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         protocol = TastytradeProtocol(
             url or (SANDBOX_URL if sandbox else LIVE_URL), heartbeat_interval=heartbeat_interval
@@ -142,6 +144,8 @@ class TastytradeStream(StreamClient):
             ssl=ssl,
             logger=logger,
             recover_orders=recover_orders,
+            max_attempts=max_attempts,
+            give_up_after=give_up_after,
         )
         self.url = protocol.url
         if api_url is None:

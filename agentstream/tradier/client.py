@@ -236,6 +236,8 @@ class TradierStream(StreamClient):
         ssl: _ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
         recover_orders: bool = True,
+        max_attempts: int | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         rest = base_url or (SANDBOX_URL if sandbox else LIVE_URL)
         self._tradier = TradierProtocol(rest, exclude_accounts)
@@ -255,6 +257,8 @@ class TradierStream(StreamClient):
             ssl=ssl,
             logger=logger,
             recover_orders=recover_orders,
+            max_attempts=max_attempts,
+            give_up_after=give_up_after,
         )
         self.base_url = self._tradier.rest_url
         self._enrich = enrich

@@ -20,6 +20,7 @@ from agentstream import (
     OrderUpdate,
     ServerError,
     StaleConnectionError,
+    StreamConnectionError,
     Ticker,
 )
 from agentstream.sim import DEMO_API_KEY, SimExchange
@@ -909,3 +910,38 @@ async def test_a_handler_that_removes_itself_from_the_reader_is_not_called_again
             await anyio.sleep(0.1)
         assert removed == [100]
         assert late == []
+
+
+async def test_nothing_listening_gives_a_hint_and_gives_up_when_asked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ws = AgentExchangeWS(DEMO_API_KEY, f"ws://127.0.0.1:{port}", max_attempts=3, **FAST)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    with anyio.fail_after(5), pytest.raises(StreamConnectionError):
+        await ws.connect()
+    assert ws.stats.failed_attempts == 3
+    hints = [r.getMessage() for r in caplog.records if "agentstream serve" in r.getMessage()]
+    assert len(hints) == 1  # said once, on the first failure
+    assert any("giving up after 3" in r.getMessage() for r in caplog.records)
+
+
+async def test_give_up_after_seconds() -> None:
+    ws = AgentExchangeWS(DEMO_API_KEY, "ws://127.0.0.1:9", give_up_after=0.2, **FAST)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    with anyio.fail_after(5), pytest.raises(StreamConnectionError):
+        await ws.connect()
+    assert ws.stats.failed_attempts >= 2
+
+
+async def test_connecting_with_no_channel_warns(
+    sim: SimExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = make_client(sim)
+    async with running(ws):
+        await wait_for(lambda: ws.stats.connections == 1)
+    assert any("connecting with no channel" in r.getMessage() for r in caplog.records)
