@@ -35,7 +35,14 @@ from agentstream._dispatch import (
 )
 from agentstream._recovery import Ledger, RecoverySink
 from agentstream._redact import mask_secret
-from agentstream._router import DerivedSink, Route, Router, complete_dict, event_time
+from agentstream._router import (
+    DerivedSink,
+    Route,
+    Router,
+    SinkBase,
+    complete_dict,
+    event_time,
+)
 from agentstream._supervisor import Link, LinkConfig
 from agentstream.backoff import Backoff
 from agentstream.channels import Channel
@@ -1348,20 +1355,14 @@ class StreamClient:
 _END: Any = object()
 
 
-class _ViewSink:
+class _ViewSink(SinkBase):
     """In front of a handler that wants the venue's typed events in another shape
     (:class:`OrderEvent`): converts each, then pushes it to the handler's own queue."""
 
-    __slots__ = ("direct", "fn", "inline", "model", "partial", "push", "queue", "stopped")
+    __slots__ = ()
 
     def __init__(self, convert: Callable[[Any], Any], slot: Slot) -> None:
-        self.partial = slot.partial
-        self.inline = False
-        self.direct = False
-        self.stopped = False
-        self.queue: tuple[()] = ()
-        self.fn = None
-        self.model = None
+        super().__init__(slot.partial)
         target = slot.push
 
         def push(event: Any) -> None:

@@ -18,6 +18,8 @@ import logging
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
+from agentstream._router import SinkBase
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -66,27 +68,14 @@ class Ledger:
         return True
 
 
-class RecoverySink:
+class RecoverySink(SinkBase):
     """In front of one representation's order handlers: dedup, and hold during recovery.
 
     ``state_of`` gives an event's ``(order id, status, filled)`` (None when it has no
     id: delivered as it is); ``pushes`` are the handlers' queues.
     """
 
-    __slots__ = (
-        "direct",
-        "fn",
-        "inline",
-        "ledger",
-        "model",
-        "partial",
-        "push",
-        "pushes",
-        "queue",
-        "state_of",
-        "stopped",
-        "typed",
-    )
+    __slots__ = ("ledger", "pushes", "state_of", "typed")
 
     def __init__(
         self,
@@ -96,13 +85,7 @@ class RecoverySink:
         *,
         typed: bool,
     ) -> None:
-        self.partial = True
-        self.inline = False
-        self.direct = False
-        self.stopped = False
-        self.queue: tuple[()] = ()
-        self.fn = None
-        self.model = None
+        super().__init__()
         self.ledger = ledger
         self.pushes = pushes
         self.state_of = state_of

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from agentstream._client import Credential
 
-__all__ = ["RestClient"]
+__all__ = ["RestClient", "amount_text", "order_id_int"]
 
 _decode = msgspec.json.Decoder().decode
 
@@ -185,6 +186,37 @@ class RestClient:
             raise RestError(
                 f"{where}: the answer is not JSON ({exc})", status=answer.status
             ) from None
+
+
+def amount_text(name: str, value: object) -> str:
+    """An amount as request text: a Decimal in plain notation, an int or a str as given
+    (a float is refused: it may not be the number its digits show).
+
+    Raises:
+        ConfigurationError: anything else, or a non-finite Decimal.
+    """
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ConfigurationError(f"{name} must be finite, got {value}")
+        return format(value, "f")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigurationError(
+        f"{name} must be a Decimal, int or str (e.g. '187.45'), not {type(value).__name__}"
+    )
+
+
+def order_id_int(order_id: object) -> int:
+    """An integer order id (Tradier's, tastytrade's).
+
+    Raises:
+        ConfigurationError: not an int.
+    """
+    if isinstance(order_id, bool) or not isinstance(order_id, int):
+        raise ConfigurationError(f"order_id must be an int, not {type(order_id).__name__}")
+    return order_id
 
 
 def _describe(body: bytes) -> tuple[str, str]:

@@ -52,7 +52,7 @@ if typing.TYPE_CHECKING:
     from agentstream._dispatch import Slot
     from agentstream.protocols.base import Kind, VenueProtocol
 
-__all__ = ["DerivedSink", "FeedTarget", "Route", "Router", "RouterHost", "Sink"]
+__all__ = ["DerivedSink", "FeedTarget", "Route", "Router", "RouterHost", "Sink", "SinkBase"]
 
 log = logging.getLogger("agentstream")
 
@@ -888,24 +888,31 @@ class Router:
         self.host.emit_gap(gap)
 
 
-class DerivedSink:
-    """A handler-like sink on a source route: its events go through ``derive`` (an
-    aggregator) and what comes out goes to the target route's handlers.
-
-    It sits in the source route's slots like a handler that takes every update
-    (``partial``), is never called from the reader directly and has no queue.
-    """
+class SinkBase:
+    """What every sink in front of handlers is, as a :class:`Sink`: it takes every
+    update (``partial``), is never called from the reader directly, has no queue and no
+    handler of its own. Subclasses set ``push``."""
 
     __slots__ = ("direct", "fn", "inline", "model", "partial", "push", "queue", "stopped")
 
-    def __init__(self, derive: Callable[[Any], list[Any]], target: Route, typed: bool) -> None:
-        self.partial = True
+    def __init__(self, partial: bool = True) -> None:
+        self.partial = partial
         self.inline = False
         self.direct = False
         self.stopped = False
         self.queue: tuple[()] = ()
         self.fn = None
         self.model = None
+
+
+class DerivedSink(SinkBase):
+    """A sink on a source route: its events go through ``derive`` (an aggregator) and
+    what comes out goes to the target route's handlers."""
+
+    __slots__ = ()
+
+    def __init__(self, derive: Callable[[Any], list[Any]], target: Route, typed: bool) -> None:
+        super().__init__()
         spec = target.spec
         pushes_all = target.push_typed_all if typed else target.push_dict_all
         pushes_closed = target.push_typed_closed if typed else target.push_dict_closed

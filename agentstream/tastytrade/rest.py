@@ -28,7 +28,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 
 from agentstream import __version__
-from agentstream._rest import RestClient, _describe
+from agentstream._rest import RestClient, _describe, amount_text, order_id_int
 from agentstream.errors import ConfigurationError, RestError
 from agentstream.tastytrade.models import AccountBalance, CurrentPosition, PlacedOrder
 
@@ -119,27 +119,6 @@ def _decode(body: bytes, into: type[T], where: str, status: int = 200) -> T:
             detail=said,
         ) from None
     return value
-
-
-def _amount(name: str, value: object) -> str:
-    """An amount as JSON text: a Decimal in plain notation, an int or a str as given."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ConfigurationError(f"{name} must be finite, got {value}")
-        return format(value, "f")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise ConfigurationError(
-        f"{name} must be a Decimal, int or str (e.g. '187.45'), not {type(value).__name__}"
-    )
-
-
-def _order_id(order_id: object) -> int:
-    if isinstance(order_id, bool) or not isinstance(order_id, int):
-        raise ConfigurationError(f"order_id must be an int, not {type(order_id).__name__}")
-    return order_id
 
 
 def _account(account: object) -> str:
@@ -258,7 +237,7 @@ class TastytradeREST(RestClient):
         leg = {
             "instrument-type": "Equity",
             "symbol": symbol.strip().upper(),
-            "quantity": _amount("quantity", quantity),
+            "quantity": amount_text("quantity", quantity),
             "action": action,
         }
         body: dict[str, Any] = {
@@ -267,13 +246,13 @@ class TastytradeREST(RestClient):
             "legs": [leg],
         }
         if price is not None:
-            body["price"] = _amount("price", price)
+            body["price"] = amount_text("price", price)
             if price_effect is None:
                 price_effect = "Debit" if action.strip().lower().startswith("buy") else "Credit"
         if price_effect is not None:
             body["price-effect"] = price_effect
         if stop_trigger is not None:
-            body["stop-trigger"] = _amount("stop_trigger", stop_trigger)
+            body["stop-trigger"] = amount_text("stop_trigger", stop_trigger)
         path = self._orders_path(account)
         raw = await self._call("POST", path, json=body, raw=True)
         return _decode(raw, _PlaceAnswer, f"POST {path}", 201).data.order
@@ -288,7 +267,7 @@ class TastytradeREST(RestClient):
             >>> o = await rest.get_order(acct, 300000001)
             >>> o.status, o.legs[0].fills
         """
-        path = f"{self._orders_path(account)}/{_order_id(order_id)}"
+        path = f"{self._orders_path(account)}/{order_id_int(order_id)}"
         raw = await self._call("GET", path, raw=True)
         return _decode(raw, _OrderAnswer, f"GET {path}").data
 
@@ -304,7 +283,7 @@ class TastytradeREST(RestClient):
             >>> (await rest.cancel_order(acct, o.id)).status
             'Cancel Requested'
         """
-        oid = _order_id(order_id)
+        oid = order_id_int(order_id)
         path = f"{self._orders_path(account)}/{oid}"
         raw = await self._call("DELETE", path, raw=True)
         if not raw.strip():  # no body: read the order back

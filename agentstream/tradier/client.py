@@ -12,7 +12,7 @@ import anyio
 import msgspec
 
 from agentstream._client import Credential, StreamClient
-from agentstream._router import Route
+from agentstream._router import Route, SinkBase
 from agentstream.channels import Channel
 from agentstream.errors import AgentStreamError, StreamConnectionError
 from agentstream.protocols.base import HttpRequest
@@ -95,7 +95,7 @@ class _Lookups:
                 fut.set_result(fields)
 
 
-class _EnrichSink:
+class _EnrichSink(SinkBase):
     """A handler-like sink on the orders route: each event gets its order's symbol,
     side and quantity before the handlers behind it see it.
 
@@ -103,29 +103,10 @@ class _EnrichSink:
     its own events, for at most ``_HOLD_S``.
     """
 
-    __slots__ = (
-        "direct",
-        "fn",
-        "inline",
-        "lookups",
-        "model",
-        "partial",
-        "push",
-        "pushes",
-        "queue",
-        "stopped",
-        "typed",
-        "waiting",
-    )
+    __slots__ = ("lookups", "pushes", "typed", "waiting")
 
     def __init__(self, lookups: _Lookups, pushes: tuple[Callable[[Any], None], ...], typed: bool):
-        self.partial = True
-        self.inline = False
-        self.direct = False
-        self.stopped = False
-        self.queue: tuple[()] = ()
-        self.fn = None
-        self.model = None
+        super().__init__()
         self.lookups = lookups
         self.pushes = pushes
         self.typed = typed

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from agentstream._rest import RestClient, _describe
+from agentstream._rest import RestClient, _describe, amount_text, order_id_int
 from agentstream.errors import ConfigurationError, RestError
 from agentstream.protocols.tradier import LIVE_URL, SANDBOX_URL
 from agentstream.tradier.models import TradierOrder
@@ -105,27 +105,6 @@ def _as_list(value: T | list[T] | None) -> list[T]:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
-
-
-def _amount(name: str, value: object) -> str:
-    """An amount as form text: a Decimal in plain notation, an int or a str as given."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ConfigurationError(f"{name} must be finite, got {value}")
-        return format(value, "f")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise ConfigurationError(
-        f"{name} must be a Decimal, int or str (e.g. '187.45'), not {type(value).__name__}"
-    )
-
-
-def _order_id(order_id: object) -> int:
-    if isinstance(order_id, bool) or not isinstance(order_id, int):
-        raise ConfigurationError(f"order_id must be an int, not {type(order_id).__name__}")
-    return order_id
 
 
 class TradierREST(RestClient):
@@ -213,14 +192,14 @@ class TradierREST(RestClient):
             "class": order_class,
             "symbol": symbol.strip().upper(),
             "side": side,
-            "quantity": _amount("quantity", quantity),
+            "quantity": amount_text("quantity", quantity),
             "type": type,
             "duration": duration,
         }
         if price is not None:
-            form["price"] = _amount("price", price)
+            form["price"] = amount_text("price", price)
         if stop is not None:
-            form["stop"] = _amount("stop", stop)
+            form["stop"] = amount_text("stop", stop)
         if tag is not None:
             form["tag"] = tag
         path = self._orders_path(account)
@@ -243,7 +222,7 @@ class TradierREST(RestClient):
             ('filled', 'AAPL', Decimal('10.00000000'), Decimal('227.51000000'))
         """
         acct = self._account(account)
-        path = f"{self._orders_path(acct)}/{_order_id(order_id)}"
+        path = f"{self._orders_path(acct)}/{order_id_int(order_id)}"
         body = await self._call("GET", path, raw=True)
         order = _decode(body, _OrderAnswer, f"GET {path}").order
         return msgspec.structs.replace(order, account=acct)
@@ -288,7 +267,7 @@ class TradierREST(RestClient):
             'canceled'
         """
         acct = self._account(account)
-        await self._call("DELETE", f"{self._orders_path(acct)}/{_order_id(order_id)}", raw=True)
+        await self._call("DELETE", f"{self._orders_path(acct)}/{order_id_int(order_id)}", raw=True)
         return await self.get_order(order_id, account=acct)
 
     async def profile(self) -> list[str]:
