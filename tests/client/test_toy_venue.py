@@ -187,6 +187,10 @@ class ToyServer:
                 nonlocal sent
                 while True:
                     await anyio.sleep(0.02)
+                    if self.hello == "none":
+                        # Alive, but never answering the hello: only the opening's own
+                        # bound can end this socket (not the stale watchdog).
+                        await ws.send_str('{"beat":true}')
                     if hello and any(m.get("op") == "sub" for m in got):
                         self.fills += 1
                         sent += 1
