@@ -22,6 +22,8 @@ from bench.__main__ import main as bench_main
 from bench._common import LATENCY_BUCKETS, process_stat, process_ticks
 from bench.client import percentile
 from bench.compare import ROOT, Row, checks
+from bench.reliability import Options
+from bench.reliability import orders as recovery_figure
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -186,3 +188,27 @@ def test_keep_awake_spinner_is_lowest_priority_and_dies_with_its_client() -> Non
 def test_process_ticks_of_a_missing_process_is_none() -> None:
     assert process_ticks(os.getpid()) is not None
     assert process_ticks(2**22 + 12345) is None
+
+
+@pytest.mark.anyio
+async def test_tiny_order_recovery_figure_runs_and_reports_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three drops and fifteen orders per venue, the REST API failing through the second
+    # drop: the harness must measure every venue and report each figure (PASS or FAIL:
+    # what the client achieves is the benchmark's business, not this smoke test's).
+    monkeypatch.setattr(recovery_figure, "QUIET", 0.3)
+    fig = await recovery_figure.run_recovery_5xx(Options(disconnects=3, orders=15))
+    assert fig.verdict in ("PASS", "FAIL"), fig.details
+    names = [v.name for v in recovery_figure.venues()]
+    assert names[:2] == ["AgentExchange", "Tradier"]
+    assert all(f"{name}: " in fig.measured for name in names)
+    for name in names:
+        venue = fig.data[name]
+        assert venue["placed"] == 15 and venue["reconnects"] == 3, fig.details
+        for view in (venue["dict"], venue["typed"]):
+            assert view["orders"] == 15 and view["unknown_to_rest"] == 0
+            assert view["deliveries"] > 0
+        assert venue["recovery_errors"] > 0  # the REST outage was hit, and reported
+        assert set(venue["latency_ms"]) == {"median", "p99", "max"}
+    assert "order recovery, REST 5xx" in fig.name

@@ -43,7 +43,7 @@ from agentstream.sim.market import INTERVAL_MS, Market, Tick, format_units, iso_
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from agentstream.sim.tastytrade import TastytradeVenue
     from agentstream.sim.tradier import TradierVenue
@@ -209,6 +209,64 @@ class SimStats:
     connections_opened: int = 0
     frames_sent: int = 0
     ticks: int = 0
+
+
+class RestOutage:
+    """A REST API that fails on demand: every request answered with an HTTP error status,
+    for some seconds, for the next few requests, or until healed.
+
+    The state behind :meth:`SimExchange.fail_rest` (and the Tradier front-end's
+    :meth:`SimExchange.fail_tradier_rest`).
+    """
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self._until: float | None = None
+        self._left: int | None = None
+        #: Requests answered with the fault's status so far.
+        self.failed = 0
+
+    def start(self, status: int, seconds: float | None, count: int | None) -> None:
+        """Fail from now on: for ``seconds``, or the next ``count`` requests, or until
+        :meth:`heal` when neither is given (the first limit reached ends it)."""
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        if count is not None and count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        self.status = status
+        now = asyncio.get_running_loop().time()
+        self._until = now + seconds if seconds is not None else None
+        self._left = count
+
+    def heal(self) -> None:
+        """Answer normally again."""
+        self.status = self._until = self._left = None
+
+    def hit(self) -> int | None:
+        """The status to answer the request arriving now with, or None to serve it."""
+        status = self.status
+        if status is None:
+            return None
+        if self._until is not None and asyncio.get_running_loop().time() >= self._until:
+            self.heal()
+            return None
+        if self._left is not None:
+            self._left -= 1
+            if self._left <= 0:
+                self.heal()
+        self.failed += 1
+        return status
+
+    def state(self) -> dict[str, Any] | None:
+        """What ``GET /admin/state`` shows: None when healthy."""
+        if self.status is None:
+            return None
+        left = None
+        if self._until is not None:
+            left = max(0.0, self._until - asyncio.get_running_loop().time())
+        return {"status": self.status, "seconds_left": left, "count_left": self._left}
 
 
 def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -418,6 +476,8 @@ class SimExchange:
         self._refuse_status: int | None = None
         self._refuse_until: float | None = None
         self._refuse_count: int | None = None
+        #: ``fail_rest``: the AgentExchange REST API (``/api/v1/...``) failing on demand.
+        self._rest_outage = RestOutage()
         self._silence_handle: asyncio.TimerHandle | None = None
         self._closed = False  # set by close(): a pending restart must not revive the server
         self._t0 = 0.0
@@ -489,7 +549,21 @@ class SimExchange:
             self._buckets = {iv: now - now % INTERVAL_MS[iv] for iv in self.config.candle_intervals}
         if self.config.firehose and not self._firehose_chunks:
             self._build_firehose()
-        app = web.Application()
+        outage = self._rest_outage
+
+        @web.middleware
+        async def rest_faults(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            # fail_rest: the platform's REST API (not the socket, the admin or Tradier's).
+            if request.path.startswith("/api/v1/"):
+                status = outage.hit()
+                if status is not None:
+                    message = f"refused by fault injection ({status})"
+                    return _rest_error(OrderError("SERVICE_UNAVAILABLE", message, status=status))
+            return await handler(request)
+
+        app = web.Application(middlewares=[rest_faults])
         app.router.add_get("/ws/v1", self._ws_handler)
         app.router.add_get("/health", self._health)
         app.router.add_post("/api/v1/trade/order", self._rest_place)
@@ -696,6 +770,24 @@ class SimExchange:
         self._refuse_until = None
         self._refuse_count = None
 
+    def fail_rest(
+        self, status: int = 503, *, seconds: float | None = None, count: int | None = None
+    ) -> None:
+        """Fault: the REST API (``/api/v1/...``) answers every request with HTTP ``status``.
+
+        For ``seconds``, or for the next ``count`` requests, or until :meth:`heal_rest`
+        when neither is given. The WebSocket endpoint is not affected (see
+        :meth:`refuse_handshakes`), nor are in-process calls such as :meth:`place_order`.
+
+        Raises:
+            ValueError: ``status`` is not 400-599, ``seconds`` not positive, ``count`` < 1.
+        """
+        self._rest_outage.start(status, seconds, count)
+
+    def heal_rest(self) -> None:
+        """End :meth:`fail_rest`."""
+        self._rest_outage.heal()
+
     async def revoke_key(self, api_key: str) -> int:
         """Fault: reject ``api_key`` from now on; its open connections are closed with 4401.
 
@@ -749,6 +841,24 @@ class SimExchange:
         """End :meth:`slow_tradier_lookups` and :meth:`fail_tradier_lookups`."""
         self.tradier.heal_lookups()
 
+    def fail_tradier_rest(
+        self, status: int = 503, *, seconds: float | None = None, count: int | None = None
+    ) -> None:
+        """Fault: Tradier's account API answers HTTP ``status``: ``GET /v1/user/profile``
+        and every ``/v1/accounts/{account}/orders...`` request (list, look-up, place,
+        cancel). For ``seconds``, or the next ``count`` requests, or until
+        :meth:`heal_tradier_rest`. The stream's session requests are not affected (see
+        :meth:`fail_tradier_sessions`).
+
+        Raises:
+            ValueError: ``status`` is not 400-599, ``seconds`` not positive, ``count`` < 1.
+        """
+        self.tradier.fail_rest(status, seconds=seconds, count=count)
+
+    def heal_tradier_rest(self) -> None:
+        """End :meth:`fail_tradier_rest`."""
+        self.tradier.heal_rest()
+
     def tradier_end_of_day(self) -> int:
         """Fault: the trading day ends: open ``day``/``pre``/``post`` Tradier orders expire.
 
@@ -789,6 +899,23 @@ class SimExchange:
     def fail_tastytrade_connects(self, count: int = 1) -> None:
         """Fault: the next ``count`` tastytrade ``connect`` messages get ``"failed"``."""
         self.tastytrade.fail_connects(count)
+
+    def fail_tastytrade_rest(
+        self, status: int = 503, *, seconds: float | None = None, count: int | None = None
+    ) -> None:
+        """Fault: tastytrade's REST API (every ``/accounts/{account}/...`` request: orders,
+        balances, positions) answers HTTP ``status``. For ``seconds``, or the next
+        ``count`` requests, or until :meth:`heal_tastytrade_rest`. The streamer socket is
+        not affected.
+
+        Raises:
+            ValueError: ``status`` is not 400-599, ``seconds`` not positive, ``count`` < 1.
+        """
+        self.tastytrade.fail_rest(status, seconds=seconds, count=count)
+
+    def heal_tastytrade_rest(self) -> None:
+        """End :meth:`fail_tastytrade_rest`."""
+        self.tastytrade.heal_rest()
 
     def batch_tastytrade_messages(self, enabled: bool = True) -> None:
         """Send tastytrade data messages as ``{"results": [...]}`` batches (or not)."""
@@ -1339,6 +1466,7 @@ class SimExchange:
                     for r in (c.record,)
                 ],
                 "refusing": self._refuse_status,
+                "rest_failing": self._rest_outage.state(),
                 "sparse_order_events": self._sparse_orders,
                 "tradier": self.tradier.state(),  # Tradier front-end
                 "tastytrade": self.tastytrade.state(),  # tastytrade front-end
@@ -1373,6 +1501,17 @@ class SimExchange:
                 result = None
             elif fault == "accept":
                 self.accept_handshakes()
+                result = None
+            elif fault == "rest_fail":
+                seconds, count = params.get("seconds"), params.get("count")
+                self.fail_rest(
+                    int(params.get("status", 503)),
+                    seconds=None if seconds is None else float(seconds),
+                    count=None if count is None else int(count),
+                )
+                result = None
+            elif fault == "rest_ok":
+                self.heal_rest()
                 result = None
             elif fault == "revoke":
                 result = await self.revoke_key(str(params["api_key"]))

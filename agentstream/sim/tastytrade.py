@@ -52,6 +52,7 @@ from agentstream.sim.server import (
     TASTYTRADE_DEMO_ACCOUNT,
     TASTYTRADE_DEMO_TOKEN,
     ConnectionRecord,
+    RestOutage,
     _Conn,
 )
 from agentstream.sim.tradier import EquityAccount, EquityOrder, Holding
@@ -364,6 +365,8 @@ class TastytradeVenue:
         self._batch = cfg.tastytrade_batch
         #: ``connect`` attempts received (refused or not).
         self.connect_requests = 0
+        #: ``fail_rest``: the REST API (``/accounts/...``) failing on demand.
+        self._rest_outage = RestOutage()
         #: The ``close-price`` of positions: each equity's price when the sim was made.
         self._close = {s: p.price_decimal() for s, p in sim.market.equities.items()}
 
@@ -869,6 +872,25 @@ class TastytradeVenue:
             raise ValueError("count must not be negative")
         self._connect_fail = int(count)
 
+    def fail_rest(
+        self, status: int = 503, *, seconds: float | None = None, count: int | None = None
+    ) -> None:
+        """The REST API (``/accounts/{account}/...``) answers ``status``: for ``seconds``,
+        the next ``count`` requests, or until healed."""
+        self._rest_outage.start(status, seconds, count)
+
+    def heal_rest(self) -> None:
+        """End :meth:`fail_rest`."""
+        self._rest_outage.heal()
+
+    def _failing(self) -> web.Response | None:
+        """The answer of a request :meth:`fail_rest` refuses, else None."""
+        status = self._rest_outage.hit()
+        if status is None:
+            return None
+        message = f"refused by fault injection ({status})"
+        return self._refusal(TastytradeError("service_unavailable", message, status))
+
     def batch(self, enabled: bool = True) -> None:
         """Send data messages as ``{"results": [...]}`` batches (one per socket and
         emission) from now on; False goes back to one message per frame."""
@@ -887,6 +909,7 @@ class TastytradeVenue:
             "connect_requests": self.connect_requests,
             "connect_fail": self._connect_fail,
             "batch": self._batch,
+            "rest_fail": self._rest_outage.state(),
         }
 
     def admin_fault(self, fault: str, params: dict[str, Any]) -> tuple[bool, object]:
@@ -913,6 +936,15 @@ class TastytradeVenue:
             result = self.mint_token([str(a) for a in accounts])
         elif fault == "tastytrade_connect_fail":
             sim.fail_tastytrade_connects(int(params.get("count", 1)))
+        elif fault == "tastytrade_rest_fail":
+            seconds, count = params.get("seconds"), params.get("count")
+            sim.fail_tastytrade_rest(
+                int(params.get("status", 503)),
+                seconds=None if seconds is None else float(seconds),
+                count=None if count is None else int(count),
+            )
+        elif fault == "tastytrade_rest_ok":
+            sim.heal_tastytrade_rest()
         elif fault == "tastytrade_batch":
             enabled = params.get("enabled", True)
             if not isinstance(enabled, bool):
@@ -961,6 +993,8 @@ class TastytradeVenue:
         )
 
     async def _rest_place(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct = self._account(request)
             try:
@@ -973,6 +1007,8 @@ class TastytradeVenue:
         return self._answer(request, {"order": order.data(), "warnings": []}, status=201)
 
     async def _rest_orders(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct = self._account(request)
         except TastytradeError as exc:
@@ -989,6 +1025,8 @@ class TastytradeVenue:
         return acct, int(text)
 
     async def _rest_order(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct, oid = self._lookup(request)
         except TastytradeError as exc:
@@ -996,6 +1034,8 @@ class TastytradeVenue:
         return self._answer(request, acct.orders[oid].data())
 
     async def _rest_cancel(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct, oid = self._lookup(request)
             order = self._cancel(acct, oid)
@@ -1004,6 +1044,8 @@ class TastytradeVenue:
         return self._answer(request, order.data())
 
     async def _rest_balances(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct = self._account(request)
         except TastytradeError as exc:
@@ -1011,6 +1053,8 @@ class TastytradeVenue:
         return self._answer(request, self._balance(acct))
 
     async def _rest_positions(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct = self._account(request)
         except TastytradeError as exc:

@@ -48,6 +48,7 @@ from agentstream.sim.server import (
     TRADIER_DEMO_ACCOUNT,
     TRADIER_DEMO_TOKEN,
     ConnectionRecord,
+    RestOutage,
     _Conn,
 )
 
@@ -496,6 +497,8 @@ class TradierVenue:
         self._session_fail: tuple[int, int] | None = None  # status, requests left
         self._lookup_delay = 0.0
         self._lookup_fail: tuple[int, int | None] | None = None  # status, requests left
+        #: ``fail_rest``: the account API (profile, orders) failing on demand.
+        self._rest_outage = RestOutage()
 
     def add_routes(self, app: web.Application) -> None:
         """Register Tradier's REST paths and the stream socket on ``app``."""
@@ -717,6 +720,24 @@ class TradierVenue:
         self._lookup_delay = 0.0
         self._lookup_fail = None
 
+    def fail_rest(
+        self, status: int = 503, *, seconds: float | None = None, count: int | None = None
+    ) -> None:
+        """The account API (``/v1/user/profile``, ``/v1/accounts/{account}/orders...``)
+        answers ``status``: for ``seconds``, the next ``count`` requests, or until healed."""
+        self._rest_outage.start(status, seconds, count)
+
+    def heal_rest(self) -> None:
+        """End :meth:`fail_rest`."""
+        self._rest_outage.heal()
+
+    def _failing(self) -> web.Response | None:
+        """The answer of a request :meth:`fail_rest` refuses, else None."""
+        status = self._rest_outage.hit()
+        if status is None:
+            return None
+        return web.Response(status=status, text=f"refused by fault injection ({status})")
+
     def state(self) -> dict[str, Any]:
         """What ``GET /admin/state`` shows of the Tradier front-end."""
         loop_now = asyncio.get_running_loop().time()
@@ -729,6 +750,7 @@ class TradierVenue:
             "session_fail": list(self._session_fail) if self._session_fail else None,
             "lookup_delay": self._lookup_delay,
             "lookup_fail": list(self._lookup_fail) if self._lookup_fail else None,
+            "rest_fail": self._rest_outage.state(),
         }
 
     def admin_fault(self, fault: str, params: dict[str, Any]) -> tuple[bool, object]:
@@ -753,6 +775,15 @@ class TradierVenue:
             )
         elif fault == "tradier_lookup_ok":
             self.sim.heal_tradier_lookups()
+        elif fault == "tradier_rest_fail":
+            seconds, count = params.get("seconds"), params.get("count")
+            self.sim.fail_tradier_rest(
+                int(params.get("status", 503)),
+                seconds=None if seconds is None else float(seconds),
+                count=None if count is None else int(count),
+            )
+        elif fault == "tradier_rest_ok":
+            self.sim.heal_tradier_rest()
         elif fault == "tradier_end_of_day":
             result = self.sim.tradier_end_of_day()
         elif fault == "tradier_revoke":
@@ -816,6 +847,8 @@ class TradierVenue:
     async def _rest_profile(self, request: web.Request) -> web.Response:
         """``GET /v1/user/profile``: the user and their accounts (clients read the account
         numbers here). One account is a plain object, several a list, as Tradier's."""
+        if (failed := self._failing()) is not None:
+            return failed
         token = self._token(request)
         if token is None:
             return _refusal(request, TradierError(_INVALID_TOKEN, status=401))
@@ -848,6 +881,8 @@ class TradierVenue:
         return f"{self.sim.url}/v1/accounts/events"
 
     async def _rest_place(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct = self._account(request)
             form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
@@ -860,6 +895,8 @@ class TradierVenue:
         )
 
     async def _rest_orders(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct = self._account(request)
         except TradierError as exc:
@@ -874,6 +911,8 @@ class TradierVenue:
         return _answer(request, {"orders": body})
 
     async def _rest_order(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         if self._lookup_delay:
             await asyncio.sleep(self._lookup_delay)
         if self._lookup_fail is not None:
@@ -892,6 +931,8 @@ class TradierVenue:
         return _answer(request, {"order": order.rest(include_tag=True)})
 
     async def _rest_cancel(self, request: web.Request) -> web.Response:
+        if (failed := self._failing()) is not None:
+            return failed
         try:
             acct = self._account(request)
             order = self._cancel(acct, _order_id(request))

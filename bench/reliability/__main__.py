@@ -4,12 +4,13 @@ Runs each figure against the simulated exchange on 127.0.0.1 and prints one line
 figure (name, measured value, target, PASS/FAIL) with its details, then a summary.
 Exits 1 if any figure fails. A figure that cannot be measured (N/A) does not fail.
 
-    python -m bench.reliability                      # everything (about 15 minutes)
+    python -m bench.reliability                      # everything (about 20 minutes)
     python -m bench.reliability --quick              # soak 30 s, fuzz 100k, 20 disconnects
     python -m bench.reliability --only fuzz,auth     # some figures
     python -m bench.reliability --skip secrets --json results.json
 
-Figures: disconnects, blackhole, auth, backoff, fuzz, orders, soak, secrets.
+Figures: disconnects, blackhole, auth, backoff, fuzz, orders, recovery, recovery-5xx, soak,
+secrets.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench.reliability.common import Figure, Options, load_average
 from bench.reliability.connection import run_auth, run_backoff, run_blackhole, run_disconnects
 from bench.reliability.firehose import run_orders, run_soak
 from bench.reliability.fuzz import run_fuzz
+from bench.reliability.orders import run_recovery, run_recovery_5xx
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -45,6 +47,8 @@ FIGURES: dict[str, Callable[[Options], Coroutine[Any, Any, Figure]]] = {
     "backoff": run_backoff,
     "fuzz": run_fuzz,
     "orders": run_orders,
+    "recovery": run_recovery,
+    "recovery-5xx": run_recovery_5xx,
     "soak": run_soak,
     "secrets": run_secrets,
 }

@@ -242,6 +242,76 @@ async def test_refuse_handshakes_for_seconds(
     assert await handshake_status(session, sim, DEMO_API_KEY) == 101
 
 
+# -- fail_rest / heal_rest ---------------------------------------------------------------
+
+
+async def rest_status(session: aiohttp.ClientSession, sim: SimExchange, path: str) -> int:
+    async with session.get(f"{sim.http_url}{path}", headers={"X-API-Key": DEMO_API_KEY}) as r:
+        await r.read()
+        return r.status
+
+
+async def test_fail_rest_until_healed(sim: SimExchange, session: aiohttp.ClientSession) -> None:
+    existing = await ticking(session, sim)
+    sim.fail_rest(503)
+    async with session.get(
+        f"{sim.http_url}/api/v1/trade/orders", headers={"X-API-Key": DEMO_API_KEY}
+    ) as r:
+        assert r.status == 503
+        body = await r.json()
+    assert body["error"]["code"] == "SERVICE_UNAVAILABLE"
+    for path in ("/api/v1/trade/orders/open", "/api/v1/market/price/BTCUSDT"):
+        assert await rest_status(session, sim, path) == 503
+    # The socket, the health check, the admin and in-process calls are not affected.
+    assert await handshake_status(session, sim, DEMO_API_KEY) == 101
+    await recv_until(existing, on("ticker"))
+    assert await rest_status(session, sim, "/health") == 200
+    placed = await sim.place_order(
+        DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.001"
+    )
+    assert placed["status"] == "filled"
+    sim.heal_rest()
+    assert await rest_status(session, sim, f"/api/v1/trade/order/{placed['order_id']}") == 200
+    await existing.close()
+
+
+async def test_fail_rest_for_a_count_or_seconds(
+    sim: SimExchange, session: aiohttp.ClientSession
+) -> None:
+    path = "/api/v1/trade/orders"
+    sim.fail_rest(502, count=2)
+    assert [await rest_status(session, sim, path) for _ in range(3)] == [502, 502, 200]
+    sim.fail_rest(500, seconds=0.3)
+    t0 = time.monotonic()
+    assert await rest_status(session, sim, path) == 500
+    await anyio.sleep(max(0.0, 0.35 - (time.monotonic() - t0)))
+    assert await rest_status(session, sim, path) == 200
+    for bad in ({"status": 200}, {"seconds": 0}, {"count": 0}):
+        with pytest.raises(ValueError, match="must"):
+            sim.fail_rest(**bad)
+    assert await rest_status(session, sim, path) == 200  # a refused call changed nothing
+
+
+async def test_admin_rest_fail_and_ok(sim: SimExchange, session: aiohttp.ClientSession) -> None:
+    path = "/api/v1/account/balance"
+    assert await admin(session, sim, "rest_fail", {"status": 504, "count": 5}) == (
+        200,
+        {"fault": "rest_fail", "result": None},
+    )
+    assert (await admin_state(session, sim))["rest_failing"] == {
+        "status": 504,
+        "seconds_left": None,
+        "count_left": 5,
+    }
+    assert await rest_status(session, sim, path) == 504
+    assert (await admin(session, sim, "rest_ok"))[0] == 200
+    assert (await admin_state(session, sim))["rest_failing"] is None
+    assert await rest_status(session, sim, path) == 200
+    assert (await admin(session, sim, "rest_fail", {"status": 200}))[0] == 400
+    assert (await admin(session, sim, "rest_fail", {"seconds": "x"}))[0] == 400
+    assert await rest_status(session, sim, path) == 200
+
+
 # -- revoke_key / add_key ----------------------------------------------------------------
 
 

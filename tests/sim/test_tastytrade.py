@@ -725,6 +725,42 @@ async def test_fail_the_next_connects(tsim: SimExchange, http: aiohttp.ClientSes
     assert tsim.tastytrade.connect_requests == 3
 
 
+async def test_failing_rest_api(tsim: SimExchange, http: aiohttp.ClientSession) -> None:
+    ws = await open_ws(http, tsim)
+    await connect(ws)
+    order = await place(http, tsim, market())
+    paths = [
+        f"/accounts/{ACCOUNT}/orders",
+        f"/accounts/{ACCOUNT}/orders/live",
+        f"/accounts/{ACCOUNT}/orders/{order['id']}",
+        f"/accounts/{ACCOUNT}/balances",
+        f"/accounts/{ACCOUNT}/positions",
+    ]
+    tsim.fail_tastytrade_rest(503)
+    for path in paths:
+        status, body = await rest(http, tsim, "GET", path)
+        assert (status, body["error"]["code"]) == (503, "service_unavailable")
+    assert (await rest(http, tsim, "POST", f"/accounts/{ACCOUNT}/orders", market()))[0] == 503
+    await send(ws, "heartbeat", rid=2)  # the streamer is not affected
+    assert (await reply(ws))["status"] == "ok"
+    tsim.heal_tastytrade_rest()
+    assert [(await rest(http, tsim, "GET", p))[0] for p in paths] == [200] * 5
+    tsim.fail_tastytrade_rest(502, count=1)
+    assert [(await rest(http, tsim, "GET", paths[1]))[0] for _ in range(2)] == [502, 200]
+    async with http.post(
+        f"{tsim.http_url}/admin/fault/tastytrade_rest_fail", json={"status": 500}
+    ) as r:
+        assert r.status == 200
+    async with http.get(f"{tsim.http_url}/admin/state") as r:
+        assert (await r.json())["tastytrade"]["rest_fail"]["status"] == 500
+    assert (await rest(http, tsim, "GET", paths[0]))[0] == 500
+    async with http.post(f"{tsim.http_url}/admin/fault/tastytrade_rest_ok", json={}) as r:
+        assert r.status == 200
+    assert (await rest(http, tsim, "GET", paths[0]))[0] == 200
+    with pytest.raises(ValueError, match="count"):
+        tsim.fail_tastytrade_rest(503, count=0)
+
+
 async def test_generic_faults_reach_tastytrade_sockets(
     tsim: SimExchange, http: aiohttp.ClientSession
 ) -> None:

@@ -962,6 +962,34 @@ async def test_failing_order_lookups(tsim: SimExchange, http: aiohttp.ClientSess
         tsim.fail_tradier_lookups(200)
 
 
+async def test_failing_account_api(tsim: SimExchange, http: aiohttp.ClientSession) -> None:
+    oid, _ = await limit_buy(http, tsim, "1")
+    paths = (
+        "/v1/user/profile",
+        f"/v1/accounts/{TRADIER_DEMO_ACCOUNT}/orders",
+        f"/v1/accounts/{TRADIER_DEMO_ACCOUNT}/orders/{oid}",
+    )
+    tsim.fail_tradier_rest(503)
+    assert [(await get(http, tsim, p))[0] for p in paths] == [503, 503, 503]
+    status, _ = await place(http, tsim, symbol="AAPL", side="buy", quantity="1", type="market")
+    assert status == 503
+    async with http.delete(
+        f"{tsim.http_url}/v1/accounts/{TRADIER_DEMO_ACCOUNT}/orders/{oid}", headers=auth()
+    ) as r:
+        assert r.status == 503
+    await new_session(http, tsim)  # the stream's session requests still work
+    tsim.heal_tradier_rest()
+    assert [(await get(http, tsim, p))[0] for p in paths] == [200, 200, 200]
+    tsim.fail_tradier_rest(502, count=2)
+    assert [(await get(http, tsim, paths[1]))[0] for _ in range(3)] == [502, 502, 200]
+    tsim.fail_tradier_rest(500, seconds=0.2)
+    assert (await get(http, tsim, paths[0]))[0] == 500
+    await anyio.sleep(0.25)
+    assert (await get(http, tsim, paths[0]))[0] == 200
+    with pytest.raises(ValueError, match="status"):
+        tsim.fail_tradier_rest(302)
+
+
 async def test_end_of_day_expires_day_orders_not_gtc(
     tsim: SimExchange, http: aiohttp.ClientSession
 ) -> None:
@@ -1071,6 +1099,13 @@ async def test_admin_tradier_faults(tsim: SimExchange, http: aiohttp.ClientSessi
         state = (await r.json())["tradier"]
     assert state["lookup_delay"] == 0.2
     assert (await admin(http, tsim, "tradier_lookup_ok"))[0] == 200
+    assert (await admin(http, tsim, "tradier_rest_fail", {"status": 502, "count": 1}))[0] == 200
+    async with http.get(f"{tsim.http_url}/admin/state") as r:
+        assert (await r.json())["tradier"]["rest_fail"]["count_left"] == 1
+    assert (await get(http, tsim, path))[0] == 502
+    assert (await admin(http, tsim, "tradier_rest_fail", {"status": 503}))[0] == 200
+    assert (await admin(http, tsim, "tradier_rest_ok"))[0] == 200
+    assert (await get(http, tsim, path))[0] == 200
     assert (await admin(http, tsim, "tradier_end_of_day"))[1]["result"] in (0, 1)
     assert (await admin(http, tsim, "tradier_revoke", {"token": TRADIER_DEMO_TOKEN}))[0] == 200
     async with http.post(session_url, headers=auth()) as r:
