@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
@@ -1170,15 +1171,19 @@ class StreamClient:
             if not (known or live or recent):
                 continue  # an order that ended before the gap, and handlers never saw it
             typed = msgspec.structs.replace(event, recovered=True)
+            # Held live events behind this state are dropped when they are released.
+            mark = (Decimal(state[2]), protocol.order_final(state[1]), state[1])
+            for ledger in self._ledgers.values():
+                ledger.mark(state[0], mark)
             sent = False
             sink = self._order_sinks.get(True)
             if sink is not None:
-                sent = sink.deliver(typed) or sent
+                sent = sink.deliver(typed, recovered=True) or sent
             sink = self._order_sinks.get(False)
             if sink is not None:
                 plain = msgspec.to_builtins(typed)
                 complete_dict(spec, plain, None, None)
-                sent = sink.deliver(plain) or sent
+                sent = sink.deliver(plain, recovered=True) or sent
             delivered += sent
         self._recovered += delivered
         return delivered

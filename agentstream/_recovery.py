@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from agentstream._router import SinkBase
@@ -47,6 +48,15 @@ class Ledger:
         #: Live events are held back (a recovery runs).
         self.holding = False
         self.held: deque[Any] = deque()
+        #: What recovery delivered, per order: (filled, final, status); a live event
+        #: behind it is older news (bounded like the ledger).
+        self.recovered: OrderedDict[str, tuple[Decimal, bool, str]] = OrderedDict()
+
+    def mark(self, order_id: str, newer: tuple[Decimal, bool, str]) -> None:
+        self.recovered[order_id] = newer
+        self.recovered.move_to_end(order_id)
+        if len(self.recovered) > self.limit:
+            self.recovered.popitem(last=False)
 
     def known(self, order_id: str) -> bool:
         return order_id in self._orders
@@ -99,19 +109,39 @@ class RecoverySink(SinkBase):
             return
         self.deliver(event)
 
-    def deliver(self, event: Any) -> bool:
-        """Push ``event`` to the handlers unless its state was delivered already."""
+    def deliver(self, event: Any, *, recovered: bool = False) -> bool:
+        """Push ``event`` to the handlers unless its state was delivered already, or (a
+        live event) it is behind what recovery delivered for its order."""
         state = self.state_of(event)
-        if state is not None and not self.ledger.first_time(state):
-            return False
+        if state is not None:
+            ledger = self.ledger
+            mark = ledger.recovered.get(state[0])
+            if mark is not None and not recovered and _behind(state, mark):
+                ledger.repeats += 1
+                return False
+            if not ledger.first_time(state):
+                return False
         for push in self.pushes:
             push(event)
         return True
 
     def release(self) -> None:
-        """Deliver the held events (minus repeats) and stop holding."""
+        """Deliver the held events, minus repeats and minus those behind what recovery
+        delivered for their order (an older state must not land after a newer one), and
+        stop holding."""
         ledger = self.ledger
         ledger.holding = False
         held, ledger.held = ledger.held, deque()
         for event in held:
             self.deliver(event)
+
+
+def _behind(state: State, newer: tuple[Decimal, bool, str]) -> bool:
+    """Whether ``state`` is older than the recovered one: less filled, or as filled while
+    the recovered order is done and in another status."""
+    filled, final, status = newer
+    try:
+        mine = Decimal(state[2])
+    except ArithmeticError:
+        return False
+    return mine < filled or (mine == filled and final and state[1] != status)

@@ -159,6 +159,8 @@ class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     filled_at: _OptTime = None
     cancelled_at: _OptTime = None
     rejected_reason: str | None = None
+    #: When the order was placed (the platform's REST answers say; stream events do not).
+    created_at: _OptTime = None
     #: Delivered by agentstream's recovery after a reconnect (read over REST).
     recovered: bool = False
 
@@ -170,6 +172,7 @@ class OrderUpdate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             _check_amount(name, getattr(self, name))
         _fix_time(self, "filled_at")
         _fix_time(self, "cancelled_at")
+        _fix_time(self, "created_at")
 
 
 class Portfolio(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -129,6 +129,10 @@ STATUS_MAP: Final = {s.value: s for s in OrderStatus if s is not OrderStatus.OTH
 #: Server error codes that answer a subscribe, and what they mean for it.
 _EFFECTS: Final = {"INVALID_CHANNEL": "invalid", "SUBSCRIPTION_LIMIT": "limit"}
 
+_FINAL: Final = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
+)
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -329,7 +333,11 @@ class AgentExchangeProtocol(VenueProtocol):
         filled = event.executed_quantity
         quantity = event.quantity or None  # "0" when the server's serializer lacked it
         remaining = quantity - (filled or 0) if quantity is not None else None
-        times = [t for t in (event.filled_at, event.cancelled_at) if t is not None]
+        # The platform's REST order has no cancelled_at: its created_at is then the
+        # latest time known (an order placed and cancelled during an outage is recent).
+        times = [
+            t for t in (event.filled_at, event.cancelled_at, event.created_at) if t is not None
+        ]
         return OrderEvent(
             venue=self.venue,
             order_id=event.order_id,
@@ -343,6 +351,9 @@ class AgentExchangeProtocol(VenueProtocol):
             recovered=event.recovered,
             raw=event,
         )
+
+    def order_final(self, status: str) -> bool:
+        return STATUS_MAP.get(status) in _FINAL
 
     def order_state(self, event: Any) -> tuple[str, str, str] | None:
         if isinstance(event, dict):

@@ -388,6 +388,10 @@ class VenueProtocol(abc.ABC):
         """The venue's typed order event as the cross-venue :class:`OrderEvent`."""
         raise NotImplementedError(f"{self.venue} has no order events")
 
+    def order_final(self, status: str) -> bool:
+        """Whether an order in the venue's ``status`` is done (filled, cancelled, ...)."""
+        return False
+
     def order_state(self, event: Any) -> tuple[str, str, str] | None:
         """``(order id, status, filled quantity)`` of an order event, dict or typed (the
         quantity normalised, so ``"0.50"`` and ``0.5`` are one state); None without an

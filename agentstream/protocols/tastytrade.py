@@ -107,6 +107,10 @@ STATUS_MAP: Final = {
     "Rejected": OrderStatus.REJECTED,
 }
 
+_FINAL: Final = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
+)
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -254,16 +258,19 @@ class TastytradeProtocol(VenueProtocol):
             raw=event,
         )
 
+    def order_final(self, status: str) -> bool:
+        return STATUS_MAP.get(status) in _FINAL
+
     def order_state(self, event: Any) -> tuple[str, str, str] | None:
         if isinstance(event, dict):
             oid, status = event.get("id"), event.get("status")
             raw_legs = event.get("legs")
-            legs: list[Any] = raw_legs if isinstance(raw_legs, list) else []
+            legs: list[Any] = list(raw_legs) if isinstance(raw_legs, list | tuple) else []
             fills = [
                 f.get("quantity")
                 for leg in legs
                 if isinstance(leg, dict)
-                for f in (leg.get("fills") or [])
+                for f in (leg.get("fills") or ())
                 if isinstance(f, dict)
             ]
         else:

@@ -76,6 +76,10 @@ STATUS_MAP: Final = {
     "expired": OrderStatus.EXPIRED,
 }
 
+_FINAL: Final = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
+)
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -208,6 +212,9 @@ class TradierProtocol(VenueProtocol):
             recovered=event.recovered,
             raw=event,
         )
+
+    def order_final(self, status: str) -> bool:
+        return STATUS_MAP.get(status) in _FINAL
 
     def order_state(self, event: Any) -> tuple[str, str, str] | None:
         if isinstance(event, dict):

@@ -104,3 +104,23 @@ async def test_recover_orders_false_leaves_the_gap() -> None:
             await anyio.sleep(0.3)
         assert plain == []
         assert ws.stats.recovered_orders == 0
+
+
+async def test_an_order_placed_and_cancelled_while_down_is_recovered() -> None:
+    # The platform's REST order has no cancelled_at: its created_at makes it recent.
+    async with SimExchange(tick_rate=200, order_interval=0.02) as sim:
+        ws = AgentExchangeWS(DEMO_API_KEY, sim.url, **FAST)
+        got: list[dict[str, Any]] = []
+        ws.on_order_update(got.append)
+        async with running(ws):
+            await wait_for(lambda: ws.stats.connections == 1)
+            sim.refuse_handshakes(503)
+            await sim.drop_connections()
+            await wait_for(lambda: ws.stats.failed_attempts >= 1, what="kept out")
+            placed = await sim.place_order(
+                DEMO_API_KEY, symbol="ETHUSDT", side="buy", type="limit", quantity="2", price="1"
+            )
+            await sim.cancel_order(DEMO_API_KEY, placed["order_id"])
+            sim.accept_handshakes()
+            await wait_for(lambda: any(d["order_id"] == placed["order_id"] for d in got))
+    assert [(d["status"], d["recovered"]) for d in got] == [("cancelled", True)]

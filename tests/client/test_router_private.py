@@ -113,3 +113,64 @@ def test_private_gaps_are_the_accounts_and_close_on_the_first_event_from_any_soc
     feed_a([order("1", "filled")])  # A's copy: no second gap, no second delivery
     assert len(host.gaps) == 1
     assert statuses(slot) == ["pending", "filled"]
+
+
+def test_a_live_event_behind_what_recovery_delivered_is_older_news() -> None:
+    from decimal import Decimal
+
+    from agentstream._recovery import Ledger, RecoverySink
+
+    got: list[dict[str, Any]] = []
+    ledger = Ledger()
+    proto = AgentExchangeProtocol("ws://127.0.0.1:1")
+    sink = RecoverySink(ledger, (got.append,), proto.order_state, typed=False)
+
+    def ev(status: str, filled: str) -> dict[str, Any]:
+        return {"order_id": "o1", "status": status, "executed_quantity": filled}
+
+    ledger.holding = True
+    sink.push(ev("open", "0"))  # live, held while the recovery runs
+    sink.push(ev("partially_filled", "0.5"))
+    ledger.mark("o1", (Decimal("0.5"), False, "partially_filled"))
+    sink.deliver(ev("partially_filled", "0.5"), recovered=True)
+    sink.release()
+    assert [e["status"] for e in got] == ["partially_filled"]  # held ones were behind
+    sink.push(ev("partially_filled", "0.3"))  # late and older: dropped
+    sink.push(ev("filled", "1"))  # newer: delivered
+    assert [e["status"] for e in got] == ["partially_filled", "filled"]
+    ledger.mark("o2", (Decimal(0), True, "cancelled"))
+    sink.push({"order_id": "o2", "status": "pending", "executed_quantity": None})
+    assert len(got) == 2  # a cancelled order's earlier pending is older news
+
+
+def test_tastytrade_dict_states_read_legs_as_to_builtins_gives_them() -> None:
+    from agentstream.protocols.tastytrade import TastytradeProtocol
+    from agentstream.tastytrade import PlacedOrder
+
+    order = msgspec.convert(
+        {
+            "id": 9,
+            "account-number": "5WT00000",
+            "time-in-force": "Day",
+            "order-type": "Market",
+            "underlying-symbol": "AAPL",
+            "underlying-instrument-type": "Equity",
+            "status": "Filled",
+            "cancellable": False,
+            "editable": False,
+            "edited": False,
+            "updated-at": 1_700_000_000_000,
+            "legs": [
+                {
+                    "instrument-type": "Equity",
+                    "symbol": "AAPL",
+                    "action": "Buy to Open",
+                    "fills": [{"fill-id": "f", "quantity": "2", "fill-price": "1", "filled-at": 1}],
+                }
+            ],
+        },
+        PlacedOrder,
+    )
+    proto = TastytradeProtocol("ws://h")
+    plain = msgspec.to_builtins(order)  # what recovery hands dict handlers
+    assert proto.order_state(plain) == proto.order_state(order) == ("9", "Filled", "2")
