@@ -963,12 +963,61 @@ class SimExchange:
             self._refuse_count -= 1
         return status
 
-    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+    # -- what every venue's socket shares --------------------------------------------
+
+    def _refused_handshake(self) -> web.Response | None:
+        """Count a handshake; the refusal to answer it with while that fault is on."""
         self.stats.handshakes += 1
         status = self._refusing()
-        if status is not None:
-            self.stats.handshakes_refused += 1
-            return web.Response(status=status, text=f"refused by fault injection ({status})")
+        if status is None:
+            return None
+        self.stats.handshakes_refused += 1
+        return web.Response(status=status, text=f"refused by fault injection ({status})")
+
+    async def _accept_socket(
+        self, request: web.Request, secret: str = ""
+    ) -> tuple[web.WebSocketResponse, ConnectionRecord]:
+        """Upgrade ``request`` and log the connection (``secret`` already masked)."""
+        ws = web.WebSocketResponse(
+            autoping=True, max_msg_size=self.config.max_client_message, compress=False
+        )
+        await ws.prepare(request)
+        self._next_conn_id += 1
+        self.stats.connections_opened += 1
+        record = ConnectionRecord(self._next_conn_id, time.monotonic(), secret)
+        self.connection_log.append(record)
+        return ws, record
+
+    @staticmethod
+    async def _read_socket(
+        ws: web.WebSocketResponse,
+        conn: _Conn,
+        record: ConnectionRecord,
+        on_text: Callable[[str | bytes], Awaitable[bool] | bool],
+    ) -> None:
+        """Read ``ws`` until it ends; each text or binary frame to ``on_text`` (which
+        returns False to end the socket). A silenced connection reads nothing meanwhile,
+        but the end of the socket still ends it."""
+        while True:
+            msg = await ws.receive()
+            if conn.silent and msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                await conn.resumed.wait()
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                go_on = on_text(msg.data)
+                if not isinstance(go_on, bool):
+                    go_on = await go_on
+                if not go_on:
+                    return
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            elif msg.type is WSMsgType.ERROR:
+                record.close_reason = record.close_reason or f"error: {ws.exception()!r}"
+                return
+
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refused_handshake()
+        if refused is not None:
+            return refused
         key = request.query.get("api_key", "")
         account = self.accounts.get(key) if key not in self._revoked else None
         if account is None:
@@ -979,14 +1028,7 @@ class SimExchange:
             await ws.prepare(request)
             await ws.close(code=CLOSE_AUTH_FAILED, message=b"invalid API key")
             return ws
-        ws = web.WebSocketResponse(
-            autoping=True, max_msg_size=self.config.max_client_message, compress=False
-        )
-        await ws.prepare(request)
-        self._next_conn_id += 1
-        self.stats.connections_opened += 1
-        record = ConnectionRecord(self._next_conn_id, time.monotonic(), mask_secret(key))
-        self.connection_log.append(record)
+        ws, record = await self._accept_socket(request, mask_secret(key))
         conn = _Conn(self, ws, request, account, record)
         self._conns.add(conn)
         self._key_conns.setdefault(account.api_key, set()).add(conn)
@@ -994,20 +1036,13 @@ class SimExchange:
             asyncio.create_task(conn.writer(), name=f"sim-writer-{record.id}"),
             asyncio.create_task(conn.heartbeat(), name=f"sim-heartbeat-{record.id}"),
         ]
+
+        def on_text(data: str | bytes) -> bool:
+            self._on_client_message(conn, data)
+            return True
+
         try:
-            while True:
-                msg = await ws.receive()
-                # A silent connection reads nothing; but the end of the socket (a drop, a
-                # revoked key, a stop) must still end it, or it stays listed as open.
-                if conn.silent and msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await conn.resumed.wait()
-                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    self._on_client_message(conn, msg.data)
-                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                    break
-                elif msg.type is WSMsgType.ERROR:
-                    record.close_reason = record.close_reason or f"error: {ws.exception()!r}"
-                    break
+            await self._read_socket(ws, conn, record, on_text)
         finally:
             record.closed_at = time.monotonic()
             self._conns.discard(conn)

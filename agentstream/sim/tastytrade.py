@@ -44,7 +44,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from agentstream._redact import mask_secret
 from agentstream.sim.accounts import Account
@@ -1068,19 +1068,10 @@ class TastytradeVenue:
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         sim = self.sim
-        sim.stats.handshakes += 1
-        status = sim._refusing()  # refuse_handshakes applies to this socket too
-        if status is not None:
-            sim.stats.handshakes_refused += 1
-            return web.Response(status=status, text=f"refused by fault injection ({status})")
-        ws = web.WebSocketResponse(
-            autoping=True, max_msg_size=sim.config.max_client_message, compress=False
-        )
-        await ws.prepare(request)
-        sim._next_conn_id += 1
-        sim.stats.connections_opened += 1
-        record = ConnectionRecord(sim._next_conn_id, time.monotonic(), "")
-        sim.connection_log.append(record)
+        refused = sim._refused_handshake()  # refuse_handshakes applies to this socket too
+        if refused is not None:
+            return refused
+        ws, record = await sim._accept_socket(request)
         conn = _TastyConn(sim, ws, request, record)
         conn.last_seen = time.monotonic()
         # One of the sim's connections: drop_connections, go_silent, resume, send_raw,
@@ -1092,20 +1083,13 @@ class TastytradeVenue:
             conn.tasks.append(
                 asyncio.create_task(self._idle_watch(conn), name=f"sim-tt-idle-{record.id}")
             )
+
+        async def on_text(data: str | bytes) -> bool:
+            conn.last_seen = time.monotonic()
+            return await self._on_message(conn, data)
+
         try:
-            while True:
-                msg = await ws.receive()
-                if conn.silent and msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await conn.resumed.wait()
-                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                    conn.last_seen = time.monotonic()
-                    if not await self._on_message(conn, msg.data):
-                        break
-                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                    break
-                elif msg.type is WSMsgType.ERROR:
-                    record.close_reason = record.close_reason or f"error: {ws.exception()!r}"
-                    break
+            await sim._read_socket(ws, conn, record, on_text)
         finally:
             record.closed_at = time.monotonic()
             sim._conns.discard(conn)
