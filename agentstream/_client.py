@@ -52,7 +52,6 @@ from agentstream.errors import (
     AuthenticationError,
     ConfigurationError,
     HandlerError,
-    HandshakeError,
     StreamConnectionError,
 )
 from agentstream.orders import OrderEvent, OrderStatus
@@ -614,14 +613,20 @@ class StreamClient:
         self._request_stop()
         tg, self._ctx_tg = self._ctx_tg, None
         if tg is not None:
-            await tg.__aexit__(*exc)
+            if exc[0] is not None and issubclass(exc[0], Exception):
+                # The block's own error: close the client's task group without it, so it
+                # propagates as itself (an exception group around it would not match
+                # the caller's `except`).
+                await tg.__aexit__(None, None, None)
+            else:
+                await tg.__aexit__(*exc)
         if self._fatal is not None and exc[0] is None:
             raise self._fatal
 
     async def _run_ctx(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         # A fatal error before the first connection is raised here, so `async with`
         # raises it; a later one is kept and raised by __aexit__.
-        await self._run(task_status=task_status, raise_fatal=False)
+        await self._run(task_status=task_status, raise_fatal=False, warn_empty=False)
 
     async def listen(
         self, model: type[E], symbol: str | None = None, interval: str | None = None
@@ -723,6 +728,7 @@ class StreamClient:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
         raise_fatal: bool = True,
+        warn_empty: bool = True,
     ) -> None:
         if not self._finished.is_set():
             raise RuntimeError("this client is already running")
@@ -773,11 +779,11 @@ class StreamClient:
                 tg.start_soon(self._shared_worker.run)
                 self._reconcile()
                 if not self._links:
-                    self.log.warning(
-                        "connecting with no channel: register a handler (e.g. "
-                        "@ws.on_ticker(...)) or call ws.subscribe(...); nothing will arrive "
-                        "until then"
-                    )
+                    if warn_empty:  # (`async with` then subscribe_* is a normal start)
+                        self.log.warning(
+                            "connecting with no channel: register a handler or subscribe "
+                            "first; nothing will arrive until then"
+                        )
                     self._new_link()
                 await _first_of(self._ready, self._stop_event)
                 if not self._stop_event.is_set():
@@ -1085,7 +1091,8 @@ class StreamClient:
             self._failing_since = now
             self._failing_count = 0
         self._failing_count += 1
-        if self._failed_attempts == 1 and not isinstance(exc, HandshakeError):
+        unreachable = "cannot connect" in str(exc) or "timed out" in str(exc)
+        if self._failed_attempts == 1 and unreachable:
             self.log.warning(
                 "nothing answered the first connection: check the URL and that the server "
                 "is running (for the simulated exchange: `agentstream serve`, on "

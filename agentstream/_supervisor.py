@@ -232,7 +232,10 @@ class Link:
                     host.link_down(self, f"credentials refused ({ended.reason})")
                     fresh = refreshed = True
                     continue
-                raise AuthenticationError(f"the server refused the credentials: {ended.reason}")
+                raise AuthenticationError(
+                    f"{self.protocol.venue}: the server refused the credentials "
+                    f"({ended.reason}); check the token (and that it has not expired)"
+                )
             if self.proven:
                 refreshed = False
             if self._retired_now():

@@ -203,7 +203,7 @@ async def _serve(config: SimConfig) -> None:
         print(f"simulated exchange on {sim.url}/ws/v1  (REST {sim.http_url}/api/v1)", flush=True)
         print(f"demo API key: {DEMO_API_KEY}   Ctrl-C to stop", flush=True)
         print(
-            f"Tradier: REST {sim.http_url}/v1  demo token: {TRADIER_DEMO_TOKEN}"
+            f"Tradier: base_url {sim.http_url}  demo token: {TRADIER_DEMO_TOKEN}"
             f" (account {TRADIER_DEMO_ACCOUNT})",
             flush=True,
         )

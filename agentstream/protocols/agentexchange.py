@@ -10,6 +10,7 @@ the server does not serve).
 from __future__ import annotations
 
 import typing
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -330,7 +331,7 @@ class AgentExchangeProtocol(VenueProtocol):
         return _FRAME_KINDS
 
     def order_event(self, event: OrderUpdate) -> OrderEvent:
-        filled = event.executed_quantity
+        filled = event.executed_quantity or Decimal(0)
         quantity = event.quantity or None  # "0" when the server's serializer lacked it
         remaining = quantity - (filled or 0) if quantity is not None else None
         # The platform's REST order has no cancelled_at: its created_at is then the

@@ -236,7 +236,7 @@ class TastytradeProtocol(VenueProtocol):
 
     def order_event(self, event: PlacedOrder) -> OrderEvent:
         fills = [f for leg in event.legs for f in leg.fills]
-        filled = sum((f.quantity for f in fills), Decimal(0)) if fills else None
+        filled = sum((f.quantity for f in fills), Decimal(0))
         average = (
             sum((f.quantity * f.fill_price for f in fills), Decimal(0)) / filled if filled else None
         )

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -154,6 +155,11 @@ class TradierProtocol(VenueProtocol):
                 f"Tradier refused the token (HTTP {answer.status}) at {where}",
                 status=answer.status,
             )
+        if answer.status == 404:
+            raise StreamConnectionError(
+                f"{where} answered HTTP 404: check base_url (the REST root, such as "
+                "https://api.tradier.com or http://127.0.0.1:8000, without /v1)"
+            )
         if answer.status != 200:
             raise StreamConnectionError(f"{where} answered HTTP {answer.status}")
         try:
@@ -197,7 +203,7 @@ class TradierProtocol(VenueProtocol):
         return Noise(head.event)
 
     def order_event(self, event: TradierOrder) -> OrderEvent:
-        filled = event.exec_quantity
+        filled = event.exec_quantity or Decimal(0)
         return OrderEvent(
             venue=self.venue,
             account=event.account,

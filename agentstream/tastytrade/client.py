@@ -148,6 +148,11 @@ class TastytradeStream(StreamClient):
             give_up_after=give_up_after,
         )
         self.url = protocol.url
+        if isinstance(token, str) and not token.startswith("Bearer "):
+            self.log.warning(
+                "a tastytrade token is the whole Authorization value, 'Bearer <access "
+                "token>': this one does not start with 'Bearer '"
+            )
         if api_url is None:
             from agentstream.tastytrade.rest import LIVE_API_URL, SANDBOX_API_URL
 

@@ -945,3 +945,12 @@ async def test_connecting_with_no_channel_warns(
     async with running(ws):
         await wait_for(lambda: ws.stats.connections == 1)
     assert any("connecting with no channel" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_error_in_an_async_with_block_propagates_as_itself(sim: SimExchange) -> None:
+    ws = make_client(sim)
+    ws.on_ticker("BTCUSDT", lambda d: None)
+    with anyio.fail_after(5), pytest.raises(KeyError):  # not an ExceptionGroup around it
+        async with ws:
+            raise KeyError("mine")
+    assert ws.stats.state == "stopped"

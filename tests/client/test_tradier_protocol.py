@@ -132,3 +132,8 @@ def test_bad_options() -> None:
         TradierProtocol("ws://127.0.0.1:8000")
     with pytest.raises(ConfigurationError):
         TradierProtocol("http://h", exclude_accounts="6YA")
+
+
+def test_a_404_on_the_session_request_points_at_base_url() -> None:
+    with pytest.raises(StreamConnectionError, match="check base_url"):
+        _proto().handshake("tok", HttpResponse(404, b"Not Found"))
