@@ -43,10 +43,9 @@ async def _place_demo_orders(ws: AgentExchangeWS, sim: SimExchange) -> None:
         print("  -- the demo drops the connection and keeps it down for a second --")
         sim.refuse_handshakes(503, seconds=1.0)
         await sim.drop_connections()
-        await sim.place_order(
-            DEMO_API_KEY, symbol="BTCUSDT", side="sell", type="market", quantity="0.02"
-        )
-        await sim.cancel_order(DEMO_API_KEY, far.order_id)
+        # The REST API still works: a sale, and the cancel of the resting order.
+        await rest.place_order("BTCUSDT", "sell", "0.02")
+        await rest.cancel_order(far.order_id)
         await asyncio.sleep(3.0)
         await rest.place_order("ETHUSDT", "buy", "0.2")
     except AgentStreamError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from agentstream import AgentExchangeWS, OrderEvent, OrderStatus, OrderUpdate
+from agentstream import AgentExchangeWS, OrderEvent, OrderStatus, OrderUpdate, RestError
 from agentstream.sim import DEMO_API_KEY, SimExchange
 
 from .conftest import FAST, running, wait_for
@@ -124,3 +124,38 @@ async def test_an_order_placed_and_cancelled_while_down_is_recovered() -> None:
             sim.accept_handshakes()
             await wait_for(lambda: any(d["order_id"] == placed["order_id"] for d in got))
     assert [(d["status"], d["recovered"]) for d in got] == [("cancelled", True)]
+
+
+async def test_a_failing_rest_api_is_reported_retried_and_never_holds_live_events() -> None:
+    async with SimExchange(tick_rate=200, order_interval=0.02) as sim:
+        ws = AgentExchangeWS(DEMO_API_KEY, sim.url, **FAST)
+        got: list[dict[str, Any]] = []
+        errors: list[tuple[BaseException, dict[str, Any]]] = []
+        ws.on_error(lambda exc, ctx: errors.append((exc, ctx)))
+        ws.on_order_update(got.append)
+        async with running(ws):
+            await wait_for(lambda: ws.stats.connections == 1)
+            sim.refuse_handshakes(503)
+            await sim.drop_connections()
+            await wait_for(lambda: ws.stats.failed_attempts >= 1, what="kept out")
+            missed = await sim.place_order(
+                DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.01"
+            )
+            sim.fail_rest(503)  # recovery will fail until healed
+            sim.accept_handshakes()
+            await wait_for(
+                lambda: any(ctx.get("stage") == "recovery" for _, ctx in errors),
+                what="the failure reported",
+            )
+            # Live events are not held behind the failing API.
+            live = await sim.place_order(
+                DEMO_API_KEY, symbol="ETHUSDT", side="buy", type="market", quantity="0.01"
+            )
+            await wait_for(lambda: any(d["order_id"] == live["order_id"] for d in got))
+            assert not any(d["order_id"] == missed["order_id"] for d in got)
+            sim.heal_rest()  # the retry (with the backoff) now succeeds
+            await wait_for(lambda: any(d["order_id"] == missed["order_id"] for d in got))
+    [recovered] = [d for d in got if d["order_id"] == missed["order_id"]]
+    assert (recovered["status"], recovered["recovered"]) == ("filled", True)
+    assert all(isinstance(e, RestError) for e, ctx in errors if ctx.get("stage") == "recovery")
+    assert ws.error is None

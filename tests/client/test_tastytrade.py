@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from agentstream import AuthenticationError, HandlerError, ServerError
+from agentstream import AuthenticationError, HandlerError, OrderEvent, OrderStatus, ServerError
 from agentstream.sim import TASTYTRADE_DEMO_ACCOUNT, TASTYTRADE_DEMO_TOKEN, SimExchange
 from agentstream.tastytrade import (
     AccountBalance,
@@ -130,8 +130,14 @@ async def test_decorators_get_every_message_kind(sim: SimExchange) -> None:
     def on_watchlist(w: Watchlist) -> None:
         watchlists.append(w)
 
+    views: list[OrderEvent] = []
+
+    def on_view(o: OrderEvent) -> None:
+        views.append(o)
+
     ts.on_order_update(orders.append)
     ts.on_order_update(on_typed)
+    ts.on_order_update(on_view)
     ts.on_balance(on_balance)
     ts.on_position(on_position)
     ts.on_quote_alert(on_alert)
@@ -147,6 +153,15 @@ async def test_decorators_get_every_message_kind(sim: SimExchange) -> None:
         sim.push_tastytrade_watchlist("Movers", ["AAPL", "NVDA"])
         await wait_for(lambda: alerts and watchlists, what="alert and watchlist")
     assert orders[-1]["account-number"] == ACCT  # dicts keep the kebab-case keys
+    filled = next(v for v in views if v.status is OrderStatus.FILLED)  # the one order view
+    assert (filled.venue, filled.account, filled.symbol, filled.side) == (
+        "tastytrade",
+        ACCT,
+        "AAPL",
+        "buy",
+    )
+    assert filled.filled_quantity == 1
+    assert isinstance(filled.raw, PlacedOrder)
     assert positions[-1].symbol == "AAPL"
     assert watchlists[-1].name == "Movers"
     assert ts.stats.invalid_events == 0
