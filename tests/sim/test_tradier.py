@@ -1154,7 +1154,7 @@ async def test_serve_has_the_tradier_routes_and_prints_the_demo_token(
         lines = buf.splitlines()
         assert TRADIER_DEMO_TOKEN in lines[2], lines
         assert TRADIER_DEMO_ACCOUNT in lines[2], lines
-        match = re.search(r"REST (http://127\.0\.0\.1:\d+)/v1\b", lines[2])
+        match = re.search(r"base_url (http://127\.0\.0\.1:\d+)\s", lines[2])
         assert match, lines
         async with http.post(f"{match.group(1)}/v1/accounts/events/session", headers=auth()) as r:
             assert r.status == 200
