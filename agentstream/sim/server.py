@@ -1079,7 +1079,7 @@ class SimExchange:
             return
         key, problem = self._channel_key(msg)
         if key is None:
-            conn.send(_error(ERROR_INVALID_CHANNEL, problem, channel=_raw_channel(msg)))
+            conn.send(_error(ERROR_INVALID_CHANNEL, problem))
             return
         if action == "subscribe":
             conn.record.subscribe_requests.append(key)
@@ -1089,9 +1089,9 @@ class SimExchange:
                     conn.send(
                         _error(
                             ERROR_SUBSCRIPTION_LIMIT,
-                            f"subscription limit of {self.config.subscription_limit} per "
-                            f"connection reached; {key} not subscribed",
-                            channel=key,
+                            # The platform's own words (its limit is 10).
+                            f"Maximum of {self.config.subscription_limit} subscriptions per "
+                            "connection reached.",
                         )
                     )
                     return
@@ -1598,23 +1598,10 @@ def is_loopback_address(remote: str | None) -> bool:
     return bool(addr.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
-def _error(code: str, message: str, channel: str | None = None) -> bytes:
-    msg: dict[str, str] = {"type": "error", "code": code, "message": message}
-    if channel:
-        msg["channel"] = channel
-    return _json_encode(msg)
-
-
-def _raw_channel(msg: dict[str, Any]) -> str | None:
-    """The channel a refused request named, in the server's form (symbol upper-cased)."""
-    parts = [msg.get("channel"), msg.get("symbol"), msg.get("interval")]
-    text = ":".join(str(p) for p in parts if p is not None)
-    if not text:
-        return None
-    name, *rest = text.split(":")
-    if rest:
-        rest[0] = rest[0].upper()
-    return ":".join([name, *rest])
+def _error(code: str, message: str) -> bytes:
+    # The platform's error frames name no channel (its handler sends type, code and
+    # message only): a client must pin a refusal on its oldest pending subscribe.
+    return _json_encode({"type": "error", "code": code, "message": message})
 
 
 def _rest_error(exc: OrderError) -> web.Response:
