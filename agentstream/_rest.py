@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
@@ -28,9 +28,13 @@ if TYPE_CHECKING:
 
     from agentstream._client import Credential
 
-__all__ = ["RestClient", "amount_text", "order_id_int"]
+__all__ = ["RestClient", "amount_text", "decode_answer", "order_id_int"]
+
+T = TypeVar("T")
 
 _decode = msgspec.json.Decoder().decode
+#: One decoder per answer type, built on first use.
+_answer_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
 class _Error(msgspec.Struct):
@@ -217,6 +221,24 @@ def order_id_int(order_id: object) -> int:
     if isinstance(order_id, bool) or not isinstance(order_id, int):
         raise ConfigurationError(f"order_id must be an int, not {type(order_id).__name__}")
     return order_id
+
+
+def decode_answer(body: bytes, into: type[T], where: str, status: int = 200) -> T:
+    """``body`` as ``into``; RestError (with any error the body carries) if not."""
+    decoder = _answer_decoders.get(into)
+    if decoder is None:
+        decoder = _answer_decoders[into] = msgspec.json.Decoder(into)
+    try:
+        value: T = decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        _, said = _describe(body)
+        raise RestError(
+            f"{where}: an answer the client does not understand ({exc})"
+            + (f": {said}" if said else ""),
+            status=status,
+            detail=said,
+        ) from None
+    return value
 
 
 def _describe(body: bytes) -> tuple[str, str]:

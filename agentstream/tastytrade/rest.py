@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode
 
 import msgspec
 
 from agentstream import __version__
-from agentstream._rest import RestClient, _describe, amount_text, order_id_int
-from agentstream.errors import ConfigurationError, RestError
+from agentstream._rest import RestClient, amount_text, decode_answer, order_id_int
+from agentstream.errors import ConfigurationError
 from agentstream.tastytrade.models import AccountBalance, CurrentPosition, PlacedOrder
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ __all__ = ["LIVE_API_URL", "SANDBOX_API_URL", "TastytradeREST"]
 LIVE_API_URL: Final = "https://api.tastyworks.com"
 SANDBOX_API_URL: Final = "https://api.cert.tastyworks.com"
 
-T = TypeVar("T")
 
 #: What an amount may be given as: exact types only (a float is refused).
 Amount = Decimal | int | str
@@ -98,27 +97,6 @@ class _PositionItems(msgspec.Struct, frozen=True):
 
 class _PositionsAnswer(msgspec.Struct, frozen=True):
     data: _PositionItems
-
-
-_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    t: msgspec.json.Decoder(t)
-    for t in (_PlaceAnswer, _OrderAnswer, _OrdersAnswer, _BalanceAnswer, _PositionsAnswer)
-}
-
-
-def _decode(body: bytes, into: type[T], where: str, status: int = 200) -> T:
-    """``body`` as ``into``; RestError (with any error the body carries) if not."""
-    try:
-        value: T = _DECODERS[into].decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        _, said = _describe(body)
-        raise RestError(
-            f"{where}: an answer the client does not understand ({exc})"
-            + (f": {said}" if said else ""),
-            status=status,
-            detail=said,
-        ) from None
-    return value
 
 
 def _account(account: object) -> str:
@@ -255,7 +233,7 @@ class TastytradeREST(RestClient):
             body["stop-trigger"] = amount_text("stop_trigger", stop_trigger)
         path = self._orders_path(account)
         raw = await self._call("POST", path, json=body, raw=True)
-        return _decode(raw, _PlaceAnswer, f"POST {path}", 201).data.order
+        return decode_answer(raw, _PlaceAnswer, f"POST {path}", 201).data.order
 
     async def get_order(self, account: object, order_id: int) -> PlacedOrder:
         """One order's current state (``GET /accounts/{account}/orders/{id}``).
@@ -269,7 +247,7 @@ class TastytradeREST(RestClient):
         """
         path = f"{self._orders_path(account)}/{order_id_int(order_id)}"
         raw = await self._call("GET", path, raw=True)
-        return _decode(raw, _OrderAnswer, f"GET {path}").data
+        return decode_answer(raw, _OrderAnswer, f"GET {path}").data
 
     async def cancel_order(self, account: object, order_id: int) -> PlacedOrder:
         """Cancel an open order (``DELETE /accounts/{account}/orders/{id}``); its state
@@ -288,7 +266,7 @@ class TastytradeREST(RestClient):
         raw = await self._call("DELETE", path, raw=True)
         if not raw.strip():  # no body: read the order back
             return await self.get_order(account, oid)
-        return _decode(raw, _OrderAnswer, f"DELETE {path}").data
+        return decode_answer(raw, _OrderAnswer, f"DELETE {path}").data
 
     async def live_orders(self, account: object) -> list[PlacedOrder]:
         """Today's orders (``GET /accounts/{account}/orders/live``): every order created
@@ -300,7 +278,7 @@ class TastytradeREST(RestClient):
         """
         path = f"{self._orders_path(account)}/live"
         raw = await self._call("GET", path, raw=True)
-        return list(_decode(raw, _OrdersAnswer, f"GET {path}").data.items)
+        return list(decode_answer(raw, _OrdersAnswer, f"GET {path}").data.items)
 
     async def orders(
         self,
@@ -359,7 +337,7 @@ class TastytradeREST(RestClient):
         while True:
             path = f"{base}?{urlencode([*pairs, ('page-offset', str(offset))])}"
             raw = await self._call("GET", path, raw=True)
-            answer = _decode(raw, _OrdersAnswer, f"GET {base}")
+            answer = decode_answer(raw, _OrdersAnswer, f"GET {base}")
             found += answer.data.items
             pages += 1
             if page_offset is not None or (max_pages is not None and pages >= max_pages):
@@ -387,7 +365,7 @@ class TastytradeREST(RestClient):
         """
         path = f"/accounts/{self._quoted(account)}/balances"
         raw = await self._call("GET", path, raw=True)
-        return _decode(raw, _BalanceAnswer, f"GET {path}").data
+        return decode_answer(raw, _BalanceAnswer, f"GET {path}").data
 
     async def positions(self, account: object) -> list[CurrentPosition]:
         """The account's open positions (``GET /accounts/{account}/positions``).
@@ -398,7 +376,7 @@ class TastytradeREST(RestClient):
         """
         path = f"/accounts/{self._quoted(account)}/positions"
         raw = await self._call("GET", path, raw=True)
-        return list(_decode(raw, _PositionsAnswer, f"GET {path}").data.items)
+        return list(decode_answer(raw, _PositionsAnswer, f"GET {path}").data.items)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -19,12 +19,12 @@ A running stream has one ready: ``ws.rest`` (see :attr:`TradierStream.rest`).
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 import msgspec
 
-from agentstream._rest import RestClient, _describe, amount_text, order_id_int
+from agentstream._rest import RestClient, amount_text, decode_answer, order_id_int
 from agentstream.errors import ConfigurationError, RestError
 from agentstream.protocols.tradier import LIVE_URL, SANDBOX_URL
 from agentstream.tradier.models import TradierOrder
@@ -79,26 +79,6 @@ class _Profile(msgspec.Struct, frozen=True):
 
 class _ProfileAnswer(msgspec.Struct, frozen=True):
     profile: _Profile
-
-
-_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    t: msgspec.json.Decoder(t) for t in (_PlaceAnswer, _OrderAnswer, _OrdersAnswer, _ProfileAnswer)
-}
-
-
-def _decode(body: bytes, into: type[T], where: str, status: int = 200) -> T:
-    """``body`` as ``into``; RestError (with any ``errors`` the body carries) if not."""
-    try:
-        value: T = _DECODERS[into].decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        _, said = _describe(body)
-        raise RestError(
-            f"{where}: an answer the client does not understand ({exc})"
-            + (f": {said}" if said else ""),
-            status=status,
-            detail=said,
-        ) from None
-    return value
 
 
 def _as_list(value: T | list[T] | None) -> list[T]:
@@ -204,7 +184,7 @@ class TradierREST(RestClient):
             form["tag"] = tag
         path = self._orders_path(account)
         body = await self._call("POST", path, form=form, raw=True)
-        return _decode(body, _PlaceAnswer, f"POST {path}").order.id
+        return decode_answer(body, _PlaceAnswer, f"POST {path}").order.id
 
     async def get_order(self, order_id: int, account: str | None = None) -> TradierOrder:
         """One order's current state (``GET /v1/accounts/{account}/orders/{id}``).
@@ -224,7 +204,7 @@ class TradierREST(RestClient):
         acct = self._account(account)
         path = f"{self._orders_path(acct)}/{order_id_int(order_id)}"
         body = await self._call("GET", path, raw=True)
-        order = _decode(body, _OrderAnswer, f"GET {path}").order
+        order = decode_answer(body, _OrderAnswer, f"GET {path}").order
         return msgspec.structs.replace(order, account=acct)
 
     async def list_orders(
@@ -243,7 +223,7 @@ class TradierREST(RestClient):
         path = self._orders_path(acct)
         query = {"includeTags": "true"} if include_tags else None
         body = await self._call("GET", path, query=query, raw=True)
-        orders = _decode(body, _OrdersAnswer, f"GET {path}").orders
+        orders = decode_answer(body, _OrdersAnswer, f"GET {path}").orders
         if isinstance(orders, str):
             if orders.strip().lower() not in ("null", ""):
                 raise RestError(
@@ -279,7 +259,7 @@ class TradierREST(RestClient):
         """
         path = "/v1/user/profile"
         body = await self._call("GET", path, raw=True)
-        accounts = _decode(body, _ProfileAnswer, f"GET {path}").profile.account
+        accounts = decode_answer(body, _ProfileAnswer, f"GET {path}").profile.account
         return [a.account_number for a in _as_list(accounts)]
 
     # -- helpers ------------------------------------------------------------------------

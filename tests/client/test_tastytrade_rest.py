@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from agentstream import AuthenticationError, ConfigurationError, RestError
+from agentstream._rest import decode_answer as _decode
 from agentstream.sim import TASTYTRADE_DEMO_ACCOUNT, TASTYTRADE_DEMO_TOKEN, SimExchange
 from agentstream.tastytrade import (
     AccountBalance,
@@ -27,7 +28,6 @@ from agentstream.tastytrade import (
 from agentstream.tastytrade.rest import (
     LIVE_API_URL,
     SANDBOX_API_URL,
-    _decode,
     _OrderAnswer,
     _OrdersAnswer,
 )

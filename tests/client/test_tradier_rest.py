@@ -13,10 +13,11 @@ import anyio
 import pytest
 
 from agentstream import AuthenticationError, ConfigurationError, RestError
+from agentstream._rest import decode_answer as _decode
 from agentstream.protocols.tradier import LIVE_URL, SANDBOX_URL
 from agentstream.sim import TRADIER_DEMO_ACCOUNT, TRADIER_DEMO_TOKEN, SimExchange
 from agentstream.tradier import TradierOrder, TradierREST, TradierStream
-from agentstream.tradier.rest import _decode, _OrderAnswer, _OrdersAnswer
+from agentstream.tradier.rest import _OrderAnswer, _OrdersAnswer
 
 from .conftest import running, wait_for
 
