@@ -141,9 +141,10 @@ class StreamClient:
             ``_JITTER``.
         healthy_after: seconds a connection must live (if no data flowed) before the
             backoff resets; defaults to the stale timeout.
-        queue_size: events a conflated handler (tickers, forming candles) may fall
-            behind before older events of the same symbol are conflated. Private events
-            (orders, portfolio) are never dropped.
+        queue_size: events a ticker or forming-candle handler registered with
+            ``every=True`` may fall behind before older events of the same symbol are
+            conflated (by default such a handler keeps only the newest event per symbol
+            pending). Private events (orders, portfolio) are never dropped.
         max_subscriptions_per_connection: channels per socket (default: the venue's);
             more channels open more sockets.
         max_message_size: frames larger than this end the connection (it is re-opened).
@@ -304,7 +305,13 @@ class StreamClient:
     # -- registration -----------------------------------------------------------------
 
     def _register(
-        self, channel: Channel, handler: H | None, *, thread: bool, partial: bool = False
+        self,
+        channel: Channel,
+        handler: H | None,
+        *,
+        thread: bool,
+        partial: bool = False,
+        every: bool = False,
     ) -> H | Callable[[H], H]:
         def add(fn: H) -> H:
             if not callable(fn):
@@ -324,6 +331,7 @@ class StreamClient:
                 thread=thread,
                 partial=partial,
                 max_queue=self._queue_size,
+                every=every,
                 report=self._handler_failed,
             )
             if slot.is_async and thread:

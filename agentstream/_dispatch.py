@@ -12,10 +12,12 @@ have proved fast share one worker task (``SharedWorker``) instead of each being 
 the reader, until one of them suspends (it goes back to its own worker at once, without
 holding up the others) or their calls turn slow.
 
-Queues are bounded where dropping is safe: when a ticker (or in-progress candle)
-handler falls behind, older events of the same symbol are conflated (the latest
-survives) and counted. Order updates, portfolio snapshots and closed candles are
-never dropped.
+A ticker (or in-progress candle) handler that falls behind gets the newest event of
+each symbol, never a backlog older than it: its queue (``LatestQueue``) holds at most one
+pending event per symbol (and interval), replaced in place by newer ones, which are
+counted as conflated. Registered with ``every=True`` it keeps every event instead, up to
+its ``max_queue``, beyond which older events of the same symbol are conflated as well.
+Order updates, portfolio snapshots and closed candles are never dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import math
 import time
 import typing
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import anyio
@@ -47,6 +49,11 @@ _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warnin
 _DIRECT_MAX_S = 20e-6
 _DIRECT_MIN_EVENTS = 16
 _MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and counted
+#: A thread=True handler of a LatestQueue gets as many events per trip to its worker
+#: thread as it handles in about this long (at least one): a slow handler then always
+#: takes the newest event, a fast one still amortises the thread hop over many.
+_THREAD_BATCH_S = 0.005
+_THREAD_BATCH_MAX = 1024
 
 
 def _reraise(exc: BaseException) -> None:
@@ -142,6 +149,85 @@ def conflation_key_for(kind: Kind) -> Callable[[Any], object] | None:
     return key
 
 
+class _Barrier:
+    """The key of an event that is never replaced (a closed candle, a malformed event)."""
+
+    __slots__ = ()
+
+
+class LatestQueue:
+    """A handler's queue that keeps only the newest pending event per symbol.
+
+    It has the operations of a ``deque`` that the workers use (``append``, ``popleft``,
+    ``clear``, ``len``, iteration), so every way a handler is run reads it unchanged.
+    An event whose conflation key (symbol, or symbol and interval) is already pending
+    replaces that event in place, keeping its turn, and is counted in ``conflated``.
+    An event with no key (a closed candle, or one of the wrong shape) is kept, and is a
+    barrier: later events of a symbol queue behind it rather than replace one before it,
+    so a closed candle is never overtaken by the next candle's updates.
+
+    Example:
+        >>> q = LatestQueue(lambda ev: ev["symbol"])
+        >>> for price in (1, 2, 3):
+        ...     q.append({"symbol": "BTCUSDT", "price": price})
+        >>> q.append({"symbol": "ETHUSDT", "price": 9})
+        >>> [ev["price"] for ev in q], q.conflated
+        ([3, 9], 2)
+    """
+
+    __slots__ = ("_d", "_epoch", "_key", "conflated")
+
+    def __init__(self, key_of: Callable[[Any], object]) -> None:
+        self._d: OrderedDict[object, Any] = OrderedDict()
+        self._key = key_of
+        #: Barriers so far in the pending events: keys after one are (epoch, key).
+        self._epoch = 0
+        self.conflated = 0
+
+    def append(self, event: Any) -> None:
+        d = self._d
+        key = self._key(event)
+        if key is None:
+            d[_Barrier()] = event
+            self._epoch += 1
+            return
+        if self._epoch:
+            key = (self._epoch, key)
+        n = len(d)
+        d[key] = event
+        if len(d) == n:
+            self.conflated += 1
+
+    def extend(self, events: Any) -> None:
+        for event in events:
+            self.append(event)
+
+    def popleft(self) -> Any:
+        d = self._d
+        event = d.popitem(last=False)[1]
+        if not d:
+            self._epoch = 0
+        return event
+
+    def clear(self) -> None:
+        self._d.clear()
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __bool__(self) -> bool:
+        return bool(self._d)
+
+    def __iter__(self) -> typing.Iterator[Any]:
+        return iter(self._d.values())
+
+    def __getitem__(self, index: int) -> Any:
+        if index == 0:
+            return next(iter(self._d.values()))
+        return list(self._d.values())[index]
+
+
 class Slot:
     """One handler (or ``listen()`` iterator) with its queue.
 
@@ -151,7 +237,6 @@ class Slot:
     __slots__ = (
         "channel",
         "conflate",
-        "conflated",
         "direct",
         "flight",
         "fn",
@@ -172,8 +257,11 @@ class Slot:
         "stopped",
         "suspends",
         "thread",
+        "thread_batch",
         "timed_events",
         "timed_s",
+        "trim",
+        "trimmed",
         "wake",
         "warned_slow",
     )
@@ -188,6 +276,7 @@ class Slot:
         thread: bool = False,
         partial: bool = False,
         max_queue: int = 10_000,
+        every: bool = False,
         report: Callable[[Slot, BaseException, Any], None] | None = None,
     ) -> None:
         self.channel = channel
@@ -199,11 +288,19 @@ class Slot:
         #: The conflation key of an event (see conflation_key_for), or None: never dropped.
         self.conflate = conflate
         self.max_queue = max_queue
-        self.queue: deque[Any] = deque()
+        #: A conflated kind's handler keeps the newest event per symbol (LatestQueue);
+        #: with ``every=True`` it keeps every event up to max_queue, then trims the
+        #: older events of each symbol (``trim``). Other kinds keep everything.
+        self.queue: deque[Any] | LatestQueue = (
+            LatestQueue(conflate) if conflate is not None and not every else deque()
+        )
+        self.trim = conflate is not None and every
+        self.trimmed = 0
+        #: Events per trip to the worker thread (thread=True with a LatestQueue).
+        self.thread_batch = 1
         self.wake = asyncio.Event()
         self.report = report
         self.name = callable_name(fn) if fn is not None else "listen()"
-        self.conflated = 0
         self.scope: anyio.CancelScope | None = None
         self.stopped = False
         self.warned_slow = False
@@ -231,6 +328,12 @@ class Slot:
         #: queue alone. Cancelled when the handler is removed.
         self.flight: anyio.CancelScope | None = None
         self.push: Callable[[Any], None] = self._push_drain if self.inline else self._push_wake
+
+    @property
+    def conflated(self) -> int:
+        """Events replaced by a newer one of the same symbol before the handler got them."""
+        q = self.queue
+        return self.trimmed + (q.conflated if type(q) is LatestQueue else 0)
 
     def bind_loop(self) -> None:
         """Fresh synchronisation for a new run (an asyncio.Event is bound to one loop)."""
@@ -262,7 +365,7 @@ class Slot:
                 if not runner.ready:
                     runner.wake.set()
                 runner.ready.append(self)
-        elif n >= self.max_queue and self.conflate is not None:
+        elif n >= self.max_queue and self.trim:
             self._conflate()
         q.append(event)
 
@@ -282,7 +385,7 @@ class Slot:
                 return
             if not self.scheduled:
                 self._schedule()
-        elif n >= self.max_queue and self.conflate is not None:
+        elif n >= self.max_queue and self.trim:
             self._conflate()
         q.append(event)
 
@@ -294,7 +397,7 @@ class Slot:
 
     def _conflate(self) -> None:
         """Keep the newest event per symbol (closed candles always); count the rest."""
-        q = self.queue
+        q: deque[Any] = self.queue  # type: ignore[assignment]  # every=True: a deque
         key_of: Callable[[Any], object] = self.conflate  # type: ignore[assignment]
         seen: set[object] = set()
         kept: deque[Any] = deque()
@@ -305,7 +408,7 @@ class Slot:
                     continue
                 seen.add(key)
             kept.appendleft(ev)
-        self.conflated += len(q) - len(kept)
+        self.trimmed += len(q) - len(kept)
         q.clear()
         q.extend(kept)
         if len(q) >= self.max_queue // 2:
@@ -376,7 +479,7 @@ class Slot:
             # request pending for good (fixed in 3.12). Ending with CancelledError would
             # make AnyIO cancel the whole client.
 
-    async def _work(self, fn: Callable[[Any], Any], q: deque[Any]) -> None:
+    async def _work(self, fn: Callable[[Any], Any], q: deque[Any] | LatestQueue) -> None:
         with anyio.CancelScope() as self.scope:
             while True:
                 if self.stopped:
@@ -386,8 +489,15 @@ class Slot:
                     await self.wake.wait()
                     continue
                 if self.thread:
-                    batch = list(q)
-                    q.clear()
+                    latest = type(q) is LatestQueue
+                    if latest and len(q) > self.thread_batch:
+                        # Only what the handler gets through in about _THREAD_BATCH_S:
+                        # the rest stays queued, where newer events replace it.
+                        batch = [q.popleft() for _ in range(self.thread_batch)]
+                    else:
+                        batch = list(q)
+                        q.clear()
+                    started = time.monotonic()
                     try:
                         failures = await anyio.to_thread.run_sync(
                             self._run_batch, batch, abandon_on_cancel=True
@@ -395,6 +505,11 @@ class Slot:
                     except BaseException:
                         self.stopped = True  # the abandoned thread stops after its current event
                         raise
+                    if latest:
+                        per_event = (time.monotonic() - started) / len(batch)
+                        self.thread_batch = max(
+                            1, min(_THREAD_BATCH_MAX, int(_THREAD_BATCH_S / max(per_event, 1e-9)))
+                        )
                     for exc, ev in failures:  # reported from the loop, not the worker thread
                         self._failed(exc, ev)
                     continue

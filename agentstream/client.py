@@ -141,12 +141,14 @@ class AgentExchangeWS(StreamClient):
 
     @overload
     def on_ticker(
-        self, symbol: str, handler: None = None, *, thread: bool = False
+        self, symbol: str, handler: None = None, *, thread: bool = False, every: bool = False
     ) -> Callable[[H], H]: ...
     @overload
-    def on_ticker(self, symbol: str, handler: H, *, thread: bool = False) -> H: ...
     def on_ticker(
-        self, symbol: str, handler: H | None = None, *, thread: bool = False
+        self, symbol: str, handler: H, *, thread: bool = False, every: bool = False
+    ) -> H: ...
+    def on_ticker(
+        self, symbol: str, handler: H | None = None, *, thread: bool = False, every: bool = False
     ) -> H | Callable[[H], H]:
         """Call ``handler`` with every trade of ``symbol`` (``"all"``: every pair).
 
@@ -154,16 +156,22 @@ class AgentExchangeWS(StreamClient):
         :class:`Ticker` if its first parameter is annotated so. ``thread=True`` runs a
         sync handler in a worker thread, so it may block without stalling the stream.
 
+        A handler that falls behind gets the newest trade of each symbol, never a
+        backlog older than it (the ones it skipped count in ``ws.stats.conflated``).
+        ``every=True`` keeps every trade instead, up to the client's ``queue_size``
+        per handler.
+
         Example:
             >>> @ws.on_ticker("BTCUSDT")
             ... def on_btc(data):
             ...     prices["BTCUSDT"] = data["price"]
             >>> ws.on_ticker("ETHUSDT", on_eth)   # the same without a decorator
+            >>> ws.on_ticker("ETHUSDT", record_tape, every=True)  # no trade skipped
 
         Raises:
             ConfigurationError: (a ``ValueError``) for an empty or invalid symbol.
         """
-        return self._register(Channel.ticker(symbol), handler, thread=thread)
+        return self._register(Channel.ticker(symbol), handler, thread=thread, every=every)
 
     @overload
     def on_candles(
@@ -174,10 +182,18 @@ class AgentExchangeWS(StreamClient):
         *,
         partial: bool = False,
         thread: bool = False,
+        every: bool = False,
     ) -> Callable[[H], H]: ...
     @overload
     def on_candles(
-        self, symbol: str, interval: str, handler: H, *, partial: bool = False, thread: bool = False
+        self,
+        symbol: str,
+        interval: str,
+        handler: H,
+        *,
+        partial: bool = False,
+        thread: bool = False,
+        every: bool = False,
     ) -> H: ...
     def on_candles(
         self,
@@ -187,11 +203,14 @@ class AgentExchangeWS(StreamClient):
         *,
         partial: bool = False,
         thread: bool = False,
+        every: bool = False,
     ) -> H | Callable[[H], H]:
         """Call ``handler`` with each closed candle of ``symbol`` and ``interval``.
 
         ``interval`` is one of 1m, 5m, 15m, 1h, 4h, 1d. With ``partial=True`` the handler
-        also gets the updates of the forming candle (``data["is_closed"]`` is False).
+        also gets the updates of the forming candle (``data["is_closed"]`` is False); if
+        it falls behind, it gets the newest update of the forming candle, never an older
+        one (``every=True`` keeps every update). Closed candles are never skipped.
 
         Example:
             >>> @ws.on_candles("BTCUSDT", "1m")
@@ -202,7 +221,7 @@ class AgentExchangeWS(StreamClient):
             ConfigurationError: (a ``ValueError``) for any other interval.
         """
         return self._register(
-            Channel.candles(symbol, interval), handler, thread=thread, partial=partial
+            Channel.candles(symbol, interval), handler, thread=thread, partial=partial, every=every
         )
 
     @overload

@@ -10,6 +10,8 @@ Benchmarks:
                    soak, the secret audit (see docs/reliability.md)
     sim_firehose   messages per second the simulated exchange's firehose delivers to a
                    bare aiohttp client
+    staleness      the age of the price a slow ticker handler sees: newest-per-symbol
+                   (the default) against every=True
 
 Examples:
     python -m bench                                    # the full comparison
@@ -26,7 +28,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ("compare", "reliability", "sim_firehose")
+BENCHMARKS = ("compare", "reliability", "sim_firehose", "staleness")
 
 
 def main(argv: list[str]) -> int:

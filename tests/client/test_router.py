@@ -25,8 +25,8 @@ async def test_each_frame_is_a_message_or_a_drop_never_both(sim: SimExchange) ->
     def on_typed(t: Ticker) -> None:
         typed.append(t)
 
-    ws.on_ticker("BTCUSDT", plain.append)
-    ws.on_ticker("BTCUSDT", on_typed)
+    ws.on_ticker("BTCUSDT", plain.append, every=True)
+    ws.on_ticker("BTCUSDT", on_typed, every=True)
     async with running(ws):
         await wait_for(lambda: plain and typed, what="ticks")
         before = ws.stats

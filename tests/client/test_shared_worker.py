@@ -30,7 +30,7 @@ def _slot(ws: AgentExchangeWS, fn: Any, key: str = "ticker:all") -> Any:
 def _reference(ws: AgentExchangeWS) -> list[dict[str, Any]]:
     """A sync handler on ticker:all: the order every handler must see events in."""
     seen: list[dict[str, Any]] = []
-    ws.on_ticker("all", seen.append)
+    ws.on_ticker("all", seen.append, every=True)
     return seen
 
 
@@ -72,7 +72,7 @@ async def test_fast_async_handlers_share_one_task_and_keep_order(sim: SimExchang
 
     fns = {name: handler(name) for name in got}
     for fn in fns.values():
-        ws.on_ticker("all", fn)
+        ws.on_ticker("all", fn, every=True)
     async with running(ws):
         await wait_for(
             lambda: (
@@ -107,8 +107,8 @@ async def test_a_handler_that_suspends_does_not_hold_up_the_others(sim: SimExcha
         if b_needed and len(b_got) >= b_needed[0]:
             b_moved_on.set()
 
-    ws.on_ticker("all", on_a)
-    ws.on_ticker("all", on_b)
+    ws.on_ticker("all", on_a, every=True)
+    ws.on_ticker("all", on_b, every=True)
     async with running(ws):
         await wait_for(lambda: b_moved_on.is_set(), what="B's events while A's call waits")
         after = len(a_got)
@@ -144,8 +144,8 @@ async def test_removing_a_handler_cancels_its_suspended_call_and_nothing_else(
     async def other(data: dict[str, Any]) -> None:
         others.append(data)
 
-    ws.on_ticker("all", stuck)
-    ws.on_ticker("all", other)
+    ws.on_ticker("all", stuck, every=True)
+    ws.on_ticker("all", other, every=True)
     async with running(ws):
         await wait_for(lambda: states == ["waiting"], what="the stuck call")
         slot = _slot(ws, stuck)
@@ -180,7 +180,7 @@ async def test_a_handlers_own_cancelled_error_is_reported_not_fatal(
             raised.append(True)
             await _cancelled_future()
 
-    ws.on_ticker("all", tick)
+    ws.on_ticker("all", tick, every=True)
     async with running(ws):
         await wait_for(lambda: raised, what="the CancelledError")
         after = len(calls)
@@ -204,7 +204,7 @@ async def test_a_shared_handler_that_turns_slow_gets_its_own_worker_back(
         if slow:
             _busy(100e-6)  # never suspends
 
-    ws.on_ticker("all", tick)
+    ws.on_ticker("all", tick, every=True)
     async with running(ws):
         slot = _slot(ws, tick)
         await wait_for(lambda: slot.shared, what="the handler proven fast")
@@ -243,8 +243,8 @@ async def test_an_async_handler_that_removes_itself_gets_no_more_events(shared: 
         async def other(data: dict[str, Any]) -> None:
             others.append(1)
 
-        ws.on_ticker("all", once_shared)
-        ws.on_ticker("all", other)
+        ws.on_ticker("all", once_shared, every=True)
+        ws.on_ticker("all", other, every=True)
         async with running(ws):
             await wait_for(lambda: left, what="the handler to remove itself")
             await wait_for(lambda: after_removal, what="the await after the removal to end")
@@ -287,8 +287,8 @@ async def test_a_shared_handler_removed_elsewhere_gets_none_of_its_queued_events
                 ws.remove_handler(x)
                 removed.append(True)
 
-        ws.on_ticker("all", x)
-        ws.on_ticker("all", remover)
+        ws.on_ticker("all", x, every=True)
+        ws.on_ticker("all", remover, every=True)
         async with running(ws):
             if where == "thread":
                 slot = _slot(ws, x)
@@ -324,7 +324,7 @@ async def test_handlers_added_and_removed_at_once_leave_no_task_behind() -> None
                 async def handler(data: dict[str, Any]) -> None:
                     pass
 
-                ws.on_ticker("all", handler)
+                ws.on_ticker("all", handler, every=True)
                 if i % 2:
                     time.sleep(0.0002)
                 ws.remove_handler(handler)
@@ -374,8 +374,8 @@ async def test_a_task_group_in_a_handler_cannot_stop_the_client(then: str) -> No
         async def other(data: dict[str, Any]) -> None:
             others.append(1)
 
-        ws.on_ticker("all", tick)
-        ws.on_ticker("all", other)
+        ws.on_ticker("all", tick, every=True)
+        ws.on_ticker("all", other, every=True)
         async with running(ws):
             await wait_for(lambda: len(calls) > 20, what="calls after the task group")
             if then == "removal":
@@ -409,8 +409,8 @@ async def test_a_handler_removed_by_itself_raising_its_own_cancelled_error_is_re
     async def other(data: dict[str, Any]) -> None:
         others.append(1)
 
-    ws.on_ticker("all", tick)
-    ws.on_ticker("all", other)
+    ws.on_ticker("all", tick, every=True)
+    ws.on_ticker("all", other, every=True)
     async with running(ws):
         await wait_for(lambda: done, what="the removal")
         before = len(others)
@@ -435,7 +435,7 @@ async def test_a_thread_handlers_own_cancelled_error_is_reported(sim: SimExchang
         if len(calls) == 20:
             anyio.from_thread.run(lookup)
 
-    ws.on_ticker("all", tick, thread=True)
+    ws.on_ticker("all", tick, thread=True, every=True)
     async with running(ws):
         await wait_for(lambda: len(calls) > 200, what="events after the CancelledError")
         state = ws.stats.state
@@ -463,7 +463,7 @@ async def test_removal_honours_a_shield_in_a_suspended_call(shared: bool) -> Non
             await asyncio.sleep(0.2)  # not shielded: cancelled
             steps.append("not cancelled")
 
-        ws.on_ticker("all", tick)
+        ws.on_ticker("all", tick, every=True)
         async with running(ws):
             await wait_for(lambda: steps, timeout=10, what="the shielded section")
             ws.remove_handler(tick)
@@ -494,7 +494,7 @@ async def test_a_handler_removing_itself_after_its_call_suspended_is_cancelled_a
             steps.append("cancelled")
             raise
 
-    ws.on_ticker("all", tick)
+    ws.on_ticker("all", tick, every=True)
     async with running(ws):
         await wait_for(lambda: len(steps) == 2, what="the await after the removal")
         state = ws.stats.state

@@ -529,8 +529,8 @@ async def test_all_plus_one_symbol_delivers_each_trade_once(sim: SimExchange) ->
     ws = make_client(sim)
     from_all: list[str] = []
     from_btc: list[str] = []
-    ws.on_ticker("all", lambda d: from_all.append(d["symbol"]))
-    ws.on_ticker("BTCUSDT", lambda d: from_btc.append(d["symbol"]))
+    ws.on_ticker("all", lambda d: from_all.append(d["symbol"]), every=True)
+    ws.on_ticker("BTCUSDT", lambda d: from_btc.append(d["symbol"]), every=True)
     async with running(ws):
         await wait_for(lambda: len(from_btc) > 20)
         # ticker:all already carries BTCUSDT: subscribing it too would send it twice.
@@ -652,6 +652,53 @@ async def test_slow_sync_handler_is_conflated_not_backpressured() -> None:
         assert s.stats.connections_opened == 1, "a late pong got the client dropped"
         assert ws.stats.conflated > 0
         assert received > 1.5 * len(calls)  # the reader outran the handler
+
+
+@pytest.mark.parametrize("mode", ["async", "thread", "every"])
+async def test_a_slow_ticker_handler_gets_the_newest_price_not_a_backlog(mode: str) -> None:
+    # The issue a new user hit: a slow BTCUSDT handler (thread=True) saw prices seconds old
+    # because its queue conflated only past 10,000 events. Now at most one event per
+    # symbol waits for it, the newest; every=True keeps the old backlog on purpose.
+    async with SimExchange(tick_rate=4000) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST)
+        seen: list[dict[str, Any]] = []
+        received: list[dict[str, Any]] = []  # every BTCUSDT tick, in arrival order
+
+        def blocking(data: dict[str, Any]) -> None:
+            seen.append(data)
+            time.sleep(0.02)
+
+        async def slow(data: dict[str, Any]) -> None:
+            seen.append(data)
+            await anyio.sleep(0.02)
+
+        if mode == "async":
+            ws.on_ticker("BTCUSDT", slow)
+        else:
+            ws.on_ticker("BTCUSDT", blocking, thread=True, every=mode == "every")
+        ws.on_ticker("BTCUSDT", received.append, every=True)
+        backlog: list[int] = []
+        async with running(ws):
+            await wait_for(lambda: len(seen) > 5, what="the slow handler to run")
+            for _ in range(20):
+                await anyio.sleep(0.02)
+                backlog.append(ws.stats.queued)
+            n_seen = len(seen)
+            newest_seen = seen[-1]
+        # The event the slow handler got last: how many ticks had arrived after it when
+        # the test looked, against how many it would be behind with a backlog.
+        behind = (
+            len(received)
+            - 1
+            - next(i for i in range(len(received) - 1, -1, -1) if received[i] is newest_seen)
+        )
+        if mode == "every":
+            assert max(backlog) > 20  # the backlog grows: every tick waits its turn
+            assert ws.stats.conflated == 0
+        else:
+            assert max(backlog) <= 2  # one pending BTCUSDT tick (plus one being read)
+            assert ws.stats.conflated > 0
+            assert behind < len(received) - n_seen  # fresher than a backlog would be
 
 
 async def test_sync_handler_added_and_readded_mid_run_gets_events(sim: SimExchange) -> None:
@@ -866,7 +913,7 @@ async def test_a_handler_proven_fast_with_a_backlog_gets_its_events_in_order() -
             if data["quantity"] == _MARK:
                 seqs.append(int(data["price"]))
 
-        ws.on_ticker("BTCUSDT", tick)
+        ws.on_ticker("BTCUSDT", tick, every=True)
         slot = ws._slots["ticker:BTCUSDT"][0]
         async with running(ws):
             await _proven_on_marked_frames(sim, ws)
@@ -900,7 +947,7 @@ async def test_a_handler_that_removes_itself_from_the_reader_is_not_called_again
                 removed.append(seq)
                 ws.remove_handler(tick)
 
-        ws.on_ticker("BTCUSDT", tick)
+        ws.on_ticker("BTCUSDT", tick, every=True)
         slot = ws._slots["ticker:BTCUSDT"][0]
         async with running(ws):
             await _proven_on_marked_frames(sim, ws)

@@ -846,8 +846,55 @@ def _tick(seq: int, symbol: str) -> dict[str, Any]:
     return {"symbol": symbol, "price": str(seq), "seq": seq}
 
 
-def test_slot_conflates_to_the_newest_per_symbol() -> None:
-    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
+def test_slot_keeps_only_the_newest_pending_event_per_symbol() -> None:
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None)
+    symbols = ["AUSDT", "BUSDT", "CUSDT"]
+    for seq in range(11):
+        slot.push(_tick(seq, symbols[seq % 3]))
+    # One pending event per symbol, the newest, each keeping its symbol's first turn.
+    assert [ev["seq"] for ev in slot.queue] == [9, 10, 8]
+    assert slot.conflated == 8
+    assert slot.queue.popleft()["seq"] == 9
+    slot.push(_tick(11, "AUSDT"))  # A was handled: its new event queues behind the others
+    assert [ev["seq"] for ev in slot.queue] == [10, 8, 11]
+
+
+def test_slot_keeps_every_symbol_it_saw() -> None:
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=Ticker)
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    for seq in range(3000):
+        slot.push(Ticker(symbol=f"S{seq % 700}USDT", price=Decimal(seq + 1), timestamp=ts))
+    got = {t.symbol: t.price for t in slot.queue}
+    assert len(got) == 700  # no symbol lost, however many there are
+    assert all(int(price) > 3000 - 700 for price in got.values())  # each its newest
+    assert slot.conflated == 3000 - 700
+
+
+def test_slot_closed_candle_is_never_overtaken_by_the_next_candles_updates() -> None:
+    slot = make_slot(Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, partial=True)
+    for ev in [_candle(0, False), _candle(1, False), _candle(2, True), _candle(3, False)]:
+        slot.push(ev)
+    slot.push(_candle(4, False))
+    # 1 replaced 0; the closed 2 is a barrier: 3 and 4 (the next candle) queue behind it.
+    assert [ev["seq"] for ev in slot.queue] == [1, 2, 4]
+    assert slot.conflated == 2
+    while slot.queue:
+        slot.queue.popleft()
+    slot.push(_candle(5, False))
+    slot.push(_candle(6, False))
+    assert [ev["seq"] for ev in slot.queue] == [6]
+
+
+def test_slot_every_keeps_every_event_below_its_bound() -> None:
+    slot = make_slot(Channel.ticker("BTCUSDT"), lambda d: None, model=None, every=True)
+    for seq in range(500):
+        slot.push(_tick(seq, "BTCUSDT"))
+    assert [ev["seq"] for ev in slot.queue] == list(range(500))
+    assert slot.conflated == 0
+
+
+def test_every_slot_conflates_to_the_newest_per_symbol() -> None:
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10, every=True)
     symbols = ["AUSDT", "BUSDT", "CUSDT"]
     for seq in range(11):
         slot.push(_tick(seq, symbols[seq % 3]))
@@ -857,8 +904,8 @@ def test_slot_conflates_to_the_newest_per_symbol() -> None:
     assert slot.conflated == 7
 
 
-def test_slot_conflation_over_many_pushes() -> None:
-    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
+def test_every_slot_conflation_over_many_pushes() -> None:
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10, every=True)
     symbols = ["AUSDT", "BUSDT", "CUSDT"]
     n = 1000
     for seq in range(n):
@@ -870,8 +917,8 @@ def test_slot_conflation_over_many_pushes() -> None:
     assert slot.conflated + len(seqs) == n  # everything else was counted
 
 
-def test_slot_conflates_typed_tickers() -> None:
-    slot = make_slot(Channel.ticker("all"), lambda d: None, model=Ticker, max_queue=4)
+def test_every_slot_conflates_typed_tickers() -> None:
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=Ticker, max_queue=4, every=True)
     ts = datetime(2026, 1, 1, tzinfo=UTC)
     for seq in range(1, 6):
         slot.push(Ticker(symbol="XUSDT" if seq % 2 else "YUSDT", price=Decimal(seq), timestamp=ts))
@@ -884,8 +931,8 @@ def test_slot_conflates_typed_tickers() -> None:
     assert slot.conflated == 2
 
 
-def test_slot_never_loses_the_only_event_of_a_symbol() -> None:
-    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10)
+def test_every_slot_never_loses_the_only_event_of_a_symbol() -> None:
+    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=10, every=True)
     for seq in range(25):
         slot.push(_tick(seq, f"S{seq}USDT"))
     assert [ev["seq"] for ev in slot.queue] == list(range(25))
@@ -896,17 +943,24 @@ def _candle(seq: int, closed: bool, symbol: str = "BTCUSDT") -> dict[str, Any]:
     return {"symbol": symbol, "interval": "1m", "close": str(seq), "is_closed": closed, "seq": seq}
 
 
-def test_slot_never_conflates_closed_candles() -> None:
-    slot = make_slot(Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, max_queue=5)
+def test_every_slot_never_conflates_closed_candles() -> None:
+    slot = make_slot(
+        Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, max_queue=5, every=True
+    )
     for seq in range(40):
         slot.push(_candle(seq, closed=True))
     assert [ev["seq"] for ev in slot.queue] == list(range(40))
     assert slot.conflated == 0
 
 
-def test_slot_conflates_forming_candles_but_keeps_closed_ones() -> None:
+def test_every_slot_conflates_forming_candles_but_keeps_closed_ones() -> None:
     slot = make_slot(
-        Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, partial=True, max_queue=6
+        Channel.candles("BTCUSDT", "1m"),
+        lambda d: None,
+        model=None,
+        partial=True,
+        max_queue=6,
+        every=True,
     )
     events = [_candle(i, closed=i in (3, 7)) for i in range(10)]
     for ev in events:
@@ -1458,11 +1512,18 @@ def test_hostile_dict_events_never_make_conflation_raise() -> None:
     assert candle_key({"symbol": "BTC", "interval": [1]}) is None
     assert candle_key({"symbol": "BTC", "interval": "1m"}) == ("BTC", "1m")
     assert candle_key({"symbol": "BTC", "interval": "1m", "is_closed": True}) is None
-    slot = make_slot(Channel.ticker("all"), lambda d: None, model=None, max_queue=4)
-    for i in range(20):
-        slot.push({"symbol": [i], "interval": {"x": i}})
-        slot.push({"symbol": f"S{i % 3}"})
-    assert slot.conflated > 0
+    for every in (False, True):
+        slot = make_slot(
+            Channel.ticker("all"), lambda d: None, model=None, max_queue=4, every=every
+        )
+        for i in range(20):
+            slot.push({"symbol": [i], "interval": {"x": i}})
+            slot.push({"symbol": f"S{i % 3}"})
+            slot.push({"symbol": f"S{i % 3}"})
+        # The hostile events are kept (they have no symbol to be replaced by), the others
+        # conflated.
+        assert sum(isinstance(ev["symbol"], list) for ev in slot.queue) == 20
+        assert slot.conflated > 0
 
 
 def test_missing_candles_at_the_edge_of_time_lists_nothing() -> None:

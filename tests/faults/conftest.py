@@ -74,9 +74,9 @@ def register(ws: AgentExchangeWS, keys: Iterable[str], sink: list[Any]) -> None:
     for key in keys:
         kind, *rest = key.split(":")
         if kind == "ticker":
-            ws.on_ticker(rest[0], sink.append)
+            ws.on_ticker(rest[0], sink.append, every=True)
         elif kind == "candles":
-            ws.on_candles(rest[0], rest[1], sink.append, partial=True)
+            ws.on_candles(rest[0], rest[1], sink.append, partial=True, every=True)
         elif kind == "orders":
             ws.on_order_update(sink.append)
         else:

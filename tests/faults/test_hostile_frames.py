@@ -230,10 +230,11 @@ async def stream(
     def on_portfolio(p: Portfolio) -> None:
         s.typed.append(p)
 
+    # every=True: each probe must reach the handler, not be replaced by a newer tick.
     if kind == "ticker":
-        ws.on_ticker("BTCUSDT", on_ticker)
+        ws.on_ticker("BTCUSDT", on_ticker, every=True)
     elif kind == "candles":
-        ws.on_candles("BTCUSDT", "1m", on_candle)
+        ws.on_candles("BTCUSDT", "1m", on_candle, every=True)
     elif kind == "orders":
         ws.on_order_update(on_order)
     else:
