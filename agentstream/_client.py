@@ -452,9 +452,9 @@ class StreamClient:
     def on_error(self, fn: H | None = None) -> Any:
         """Call ``fn(exc, context)`` for every error the stream survives.
 
-        ``exc`` is an :class:`AgentStreamError` (``HandlerError``, ``ServerError``,
-        ``StreamConnectionError``, ``DecodeError``); ``context`` is a dict with
-        ``channel``, ``handler``, ``link`` or ``stage`` where they apply.
+        ``exc`` is an :class:`~agentstream.errors.AgentStreamError` (``HandlerError``,
+        ``ServerError``, ``StreamConnectionError``, ``DecodeError``); ``context`` is a
+        dict with ``channel``, ``handler``, ``link`` or ``stage`` where they apply.
 
         Example:
             >>> @ws.on_error
@@ -467,7 +467,7 @@ class StreamClient:
         """Call ``fn(gap)`` for each channel that was down across a reconnect.
 
         Called once per channel when its first event after the reconnect arrives, with
-        a :class:`Gap`: when the connection was lost and back, the exchange timestamps
+        a :class:`~agentstream.Gap`: when the connection was lost and back, the exchange timestamps
         of the last event before and the first after, and for candles exactly which
         candles were missed. Use it to re-sync orders or candles over REST.
 
