@@ -553,6 +553,8 @@ class StreamClient:
 
         Raises:
             AuthenticationError: the API key was rejected; also kept in :attr:`error`.
+            RuntimeError: the client is already running (one run at a time), or this
+                thread already runs an event loop.
 
         Example:
             >>> threading.Thread(target=ws.run_forever, daemon=True).start()
@@ -580,6 +582,11 @@ class StreamClient:
                 "code use `await ws.connect()` (or `async with ws:`), or call run_forever() "
                 "in a thread"
             )
+        if not self._finished.is_set():
+            # Checked here, before _active is touched: a second run_forever() must not
+            # mark the running client inactive when it ends (stop() would then return
+            # True at once and leave the first run going).
+            raise RuntimeError("this client is already running")
         self._active = True  # so that a stop() from another thread is not lost meanwhile
         try:
             anyio.run(main)
