@@ -7,7 +7,8 @@ extra whenever ``pyproject.toml`` changed since the last install, then runs the 
 inside that environment.
 
     python3 dev.py demo            # live demo against the built-in simulated exchange
-    python3 dev.py test            # lint, type check and the whole test suite
+    python3 dev.py test            # lint, type check, the whole test suite, the docs site
+    python3 dev.py docs            # build the docs site (docs/_build/html/index.html)
     python3 dev.py bench [ARGS]    # benchmarks (see docs/performance.md)
     python3 dev.py bench reliability  # the reliability figures (docs/reliability.md)
     python3 dev.py serve [ARGS]    # the simulated exchange on its own (agentstream serve)
@@ -54,11 +55,35 @@ def run(*cmd: str) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 
+DOCS = ROOT / "docs"
+DOCS_HTML = DOCS / "_build" / "html"
+
+
+def sphinx_cmd() -> list[str]:
+    """Build the docs site offline, every warning (nitpicky: every broken reference) an error.
+
+    ``-E`` reads every page again: an incremental build would not repeat the warnings of
+    the pages it skips, and a second run would pass with them still there.
+    """
+    return [
+        str(PY), "-m", "sphinx", "-b", "html", "-E", "-W", "--keep-going", "-n", "-q",
+        "-d", str(DOCS / "_build" / "doctrees"), str(DOCS), str(DOCS_HTML),
+    ]  # fmt: skip
+
+
+def cmd_docs(args: list[str]) -> int:
+    rc = run(*sphinx_cmd(), *args)
+    if rc == 0:
+        _say(f"docs built: {DOCS_HTML / 'index.html'}")
+    return rc
+
+
 def cmd_test(args: list[str]) -> int:
     steps: list[tuple[str, list[str]]] = [
         ("ruff check", [str(PY), "-m", "ruff", "check", "."]),
         ("ruff format", [str(PY), "-m", "ruff", "format", "--check", "."]),
         ("mypy --strict", [str(PY), "-m", "mypy"]),
+        ("docs", sphinx_cmd()),
         ("pytest", [str(PY), "-m", "pytest", *args]),
     ]
     failed = [name for name, cmd in steps if run(*cmd) != 0]
@@ -77,6 +102,8 @@ def main(argv: list[str]) -> int:
     ensure_env()
     if command == "test":
         return cmd_test(rest)
+    if command == "docs":
+        return cmd_docs(rest)
     if command in {"demo", "serve", "run"}:
         try:
             return run(str(PY), "-m", "agentstream", command, *rest)

@@ -460,9 +460,9 @@ class StreamClient:
     def on_error(self, fn: H | None = None) -> Any:
         """Call ``fn(exc, context)`` for every error the stream survives.
 
-        ``exc`` is an :class:`AgentStreamError` (``HandlerError``, ``ServerError``,
-        ``StreamConnectionError``, ``DecodeError``); ``context`` is a dict with
-        ``channel``, ``handler``, ``link`` or ``stage`` where they apply.
+        ``exc`` is an :class:`~agentstream.errors.AgentStreamError` (``HandlerError``,
+        ``ServerError``, ``StreamConnectionError``, ``DecodeError``); ``context`` is a
+        dict with ``channel``, ``handler``, ``link`` or ``stage`` where they apply.
 
         Example:
             >>> @ws.on_error
@@ -475,7 +475,7 @@ class StreamClient:
         """Call ``fn(gap)`` for each channel that was down across a reconnect.
 
         Called once per channel when its first event after the reconnect arrives, with
-        a :class:`Gap`: when the connection was lost and back, the exchange timestamps
+        a :class:`~agentstream.Gap`: when the connection was lost and back, the exchange timestamps
         of the last event before and the first after, and for candles exactly which
         candles were missed. Use it to re-sync orders or candles over REST.
 
@@ -561,6 +561,8 @@ class StreamClient:
 
         Raises:
             AuthenticationError: the API key was rejected; also kept in :attr:`error`.
+            RuntimeError: the client is already running (one run at a time), or this
+                thread already runs an event loop.
 
         Example:
             >>> threading.Thread(target=ws.run_forever, daemon=True).start()
@@ -588,6 +590,11 @@ class StreamClient:
                 "code use `await ws.connect()` (or `async with ws:`), or call run_forever() "
                 "in a thread"
             )
+        if not self._finished.is_set():
+            # Checked here, before _active is touched: a second run_forever() must not
+            # mark the running client inactive when it ends (stop() would then return
+            # True at once and leave the first run going).
+            raise RuntimeError("this client is already running")
         self._active = True  # so that a stop() from another thread is not lost meanwhile
         try:
             anyio.run(main)

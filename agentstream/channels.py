@@ -45,7 +45,8 @@ class Channel:
     kind: str
     symbol: str | None = None
     interval: str | None = None
-    #: The account's own channel (orders, portfolio): never dropped, delivered once.
+    #: True for the account's own channels (orders, portfolio), never dropped and
+    #: delivered once.
     private: bool = field(default=False, compare=False)
 
     @classmethod

@@ -73,7 +73,9 @@ class AgentExchangeREST(RestClient):
         timeout: seconds a request may take.
         ssl: an ``ssl.SSLContext`` for ``https://``.
 
-    Raises (every method):
+    Every method can raise the errors below.
+
+    Raises:
         AuthenticationError: the API key was refused.
         RestError: the platform refused the request (``status``, ``code``, ``detail``).
         StreamConnectionError: the request could not be made.

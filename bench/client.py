@@ -446,7 +446,7 @@ def percentile(q: float, total: int) -> int | None:
 
 
 #: The JSON's ``over_slow_pct``: the share of frames slower than this (µs). On a virtual
-#: machine a few % of frames wait this long for an idle CPU to wake (docs/performance.md).
+#: machine a few % of frames wait this long for an idle CPU to wake (bench/HISTORY.md).
 SLOW_US = 300
 
 

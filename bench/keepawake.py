@@ -4,7 +4,7 @@
 
 On a virtual machine an idle CPU halts, and waking it for the next frame costs a trip
 through the hypervisor: a few % of frames then wait about 300 µs more, a share that
-changes from run to run and decides a run's p99 (docs/performance.md shows it). This
+changes from run to run and decides a run's p99 (bench/HISTORY.md shows it). This
 process spins on the client's CPU under ``SCHED_IDLE``: next to a busy process it gets
 about 0.3 % of the CPU (a weight of 3 against 1,024), and a waking client takes the CPU
 from it at once. The client's latency then measures the client, not the idle wake-up.

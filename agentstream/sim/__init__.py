@@ -1,9 +1,9 @@
 """The simulated AgentExchange: a real aiohttp server for demos, tests, benchmarks and bots.
 
 It also speaks Tradier's account events stream and order REST API on the same port
-(:mod:`agentstream.sim.tradier`), with the demo token :data:`TRADIER_DEMO_TOKEN`, and
+(``agentstream.sim.tradier``), with the demo token :data:`TRADIER_DEMO_TOKEN`, and
 tastytrade's account streamer (``/tastytrade``) and order REST API
-(:mod:`agentstream.sim.tastytrade`), with the demo token :data:`TASTYTRADE_DEMO_TOKEN`.
+(``agentstream.sim.tastytrade``), with the demo token :data:`TASTYTRADE_DEMO_TOKEN`.
 
 Example:
     >>> from agentstream.sim import SimExchange, DEMO_API_KEY

@@ -296,7 +296,7 @@ class Market:
     intervals: tuple[str, ...] = tuple(INTERVAL_MS)
     volatility: float = 0.0006
     pairs: dict[str, Pair] = field(init=False)
-    #: Tradier front-end: US equities by symbol (price in cents, whole shares). Kept apart
+    #: US equities by symbol, for the Tradier front-end (price in cents, whole shares). Kept apart
     #: from ``pairs`` and walked by their own generator (:meth:`walk_equities`), so the
     #: crypto market of a seed is the same with or without them.
     equities: dict[str, Pair] = field(init=False)

@@ -106,7 +106,8 @@ class SimConfig:
     ping_interval: float = 30.0
     pong_timeout: float = 10.0
     subscription_limit: int = 10
-    #: How a bad key is refused: HTTP 403 at the handshake, or accept and close with 4401.
+    #: How a bad key is refused, ``"http"`` (HTTP 403 at the handshake) or ``"close"``
+    #: (accept, then close with 4401).
     auth_failure: Literal["http", "close"] = "http"
     #: Candle intervals built and accepted; others are refused with ``INVALID_CHANNEL``.
     #: The default is all six the SDK page promises; the real server serves only
@@ -128,9 +129,9 @@ class SimConfig:
     #: Tradier and tastytrade orders above this notional fill in two steps, the first
     #: ``partially_filled``. (AgentExchange orders fill in full, as on the platform.)
     partial_fill_notional: Decimal = Decimal("2500")
-    #: Market step: how often ticks are generated and candles closed.
+    #: How often the market steps (generates ticks and closes candles).
     step_interval: float = 0.02
-    #: Benchmark mode: ``ticker_all`` subscribers get pre-encoded frames as fast as their
+    #: Benchmark mode. ``ticker_all`` subscribers get pre-encoded frames as fast as their
     #: socket takes them, instead of the market's rate.
     firehose: bool = False
     #: Frames a connection may have queued before it is dropped as a slow consumer.
@@ -146,9 +147,10 @@ class SimConfig:
     )
     #: Starting cash (USD) of each Tradier account.
     tradier_cash: Decimal = Decimal("100000")
-    #: Seconds a streaming session id stays valid before a socket uses it (Tradier: ~5 min).
+    #: Seconds a streaming session id stays valid before a socket uses it (about 5 min
+    #: on Tradier).
     tradier_session_ttl: float = 300.0
-    #: Seconds between the stream's heartbeats (Tradier: about a minute).
+    #: Seconds between the stream's heartbeats (about a minute on Tradier).
     tradier_heartbeat_interval: float = 60.0
     #: Send each order's ``pending`` event after its ``open`` event, as the sample in
     #: Tradier's documentation shows (statuses do not arrive in lifecycle order).
@@ -156,7 +158,7 @@ class SimConfig:
     #: ``last_fill_quantity`` 0.0 on ``filled`` stream events, as the documentation's
     #: sample shows (REST answers keep the real last fill).
     tradier_zero_last_fill: bool = True
-    #: One streaming session per user: a new session request also closes the socket of
+    #: One streaming session per user. A new session request also closes the socket of
     #: the user's previous session (its unused session id is invalidated either way).
     tradier_new_session_ends_stream: bool = True
     # -- end Tradier --------------------------------------------------------------------
@@ -168,8 +170,8 @@ class SimConfig:
     )
     #: Starting cash (USD) of each tastytrade account.
     tastytrade_cash: Decimal = Decimal("100000")
-    #: Seconds a token works after it is minted (configured tokens: after the sim is
-    #: made); None: for ever. tastytrade's access tokens last about 15 minutes.
+    #: Seconds a token works after it is minted (a configured token, after the sim is
+    #: made), or None for ever. tastytrade's access tokens last about 15 minutes.
     tastytrade_token_ttl: float | None = None
     #: Seconds without a client message after which the streamer closes a socket
     #: (tastytrade: about a minute); None: never.

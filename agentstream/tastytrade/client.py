@@ -68,7 +68,7 @@ class TastytradeStream(StreamClient):
     subscription are sent again, then ``reconnect_fn(streamer, *reconnect_args)`` runs.
     A ``"failed"`` answer (an expired token) gets one more try with a fresh token when
     ``token`` is a callable; a fixed token refused, or a fresh one refused again, stops
-    the stream with :class:`~agentstream.AuthenticationError`.
+    the stream with :class:`~agentstream.errors.AuthenticationError`.
 
     Args:
         token: the ``"Bearer <access token>"`` string, or a sync or async callable
@@ -89,7 +89,8 @@ class TastytradeStream(StreamClient):
         recover_orders: after a reconnect (when no socket was up for a while), read the
             followed accounts' orders over REST and deliver each update the stream
             missed, once, marked ``recovered``.
-        Other options as for :class:`~agentstream.AgentExchangeWS`.
+
+    The other options are those of :class:`~agentstream.AgentExchangeWS`.
 
     Example:
         >>> async with TastytradeStream(token, reconnect_fn=cb, reconnect_args=(a, b)) as s:

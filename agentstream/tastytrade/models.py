@@ -226,7 +226,8 @@ _ORDER_TIMES = (
 class PlacedOrder(msgspec.Struct, frozen=True, kw_only=True, rename="kebab"):
     """An order of the account, whether or not it has filled (the ``Order`` message).
 
-    ``status`` is a plain str, one of :class:`OrderStatus`'s values (Received, Routed,
+    ``status`` is a plain str, one of the values of
+    :class:`~agentstream.tastytrade.models.OrderStatus` (Received, Routed,
     In Flight, Live, Cancel Requested, Replace Requested, Contingent, Filled, Cancelled,
     Expired, Rejected, Removed, Partially Removed) or one tastytrade adds later.
     ``price`` and ``value`` are magnitudes, with ``price_effect`` / ``value_effect``

@@ -141,7 +141,9 @@ class TastytradeREST(RestClient):
 
     An account is an account number or an object with ``.account_number``.
 
-    Raises (every method):
+    Every method can raise the errors below.
+
+    Raises:
         AuthenticationError: the token was refused (HTTP 401/403).
         RestError: tastytrade refused the request (``status``; ``code`` and ``detail``
             from its ``{"error": {"code", "message"}}``), or answered something that is

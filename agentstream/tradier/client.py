@@ -186,7 +186,8 @@ class TradierStream(StreamClient):
         stale_timeout: seconds without any frame before the socket is declared dead.
         recover_orders: after a reconnect, read the accounts' orders over REST and
             deliver each update the stream missed, once, marked ``recovered``.
-        Other options as for :class:`~agentstream.AgentExchangeWS`.
+
+    The other options are those of :class:`~agentstream.AgentExchangeWS`.
 
     Example:
         >>> ws = TradierStream(token=os.environ["TRADIER_TOKEN"])

@@ -101,7 +101,9 @@ class TradierREST(RestClient):
         timeout: seconds a request may take.
         ssl: an ``ssl.SSLContext`` for ``https://`` (default: the system's trust store).
 
-    Raises (every method):
+    Every method can raise the errors below.
+
+    Raises:
         AuthenticationError: the token was refused (HTTP 401/403).
         RestError: Tradier refused the request (``status``; ``detail`` joins Tradier's
             ``errors.error`` messages), or answered something that is not its documented

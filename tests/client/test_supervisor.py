@@ -558,6 +558,53 @@ def test_stop_when_idle_is_harmless_and_a_client_runs_again_on_a_new_loop(
         assert not t.is_alive()
 
 
+async def test_a_stopped_client_runs_again_on_the_same_loop_with_its_handlers_and_counts(
+    sim: SimExchange,
+) -> None:
+    # docs/lifecycle.md "restarting" and docs/threads.md promise this; both pages once
+    # disagreed about it.
+    ws = make_client(sim)
+    ticks: list[Any] = []
+    ws.on_ticker("BTCUSDT", ticks.append)
+    for run in (1, 2):
+        before = len(ticks)
+        async with ws:
+            with pytest.raises(RuntimeError, match="already running"):
+                await ws.connect()  # one run at a time
+
+            def three_more(n: int = before + 3) -> bool:
+                return len(ticks) >= n
+
+            await wait_for(three_more, what="three ticks in this run")
+        assert ws.stats.state == "stopped"
+        assert ws.error is None
+        assert sim.stats.connections_opened == run  # each run opens a fresh socket
+        # The same handler got this run's ticks, and the counters are totals since the
+        # client was created: a reset would leave fewer messages than ticks delivered.
+        assert ws.stats.messages.get("ticker:BTCUSDT", 0) >= len(ticks)
+    assert len(ticks) >= 6
+
+
+def test_a_second_run_forever_while_running_raises_and_stop_still_stops_the_first(
+    threaded_sim: str,
+) -> None:
+    ws = AgentExchangeWS(DEMO_API_KEY, threaded_sim, **FAST)
+    ticks: list[Any] = []
+    ws.on_ticker("BTCUSDT", ticks.append)
+    first = threading.Thread(target=ws.run_forever, daemon=True)
+    first.start()
+    deadline = time.monotonic() + 5
+    while not ticks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ticks
+    with pytest.raises(RuntimeError, match="already running"):
+        ws.run_forever()
+    assert ws.stats.state == "connected"  # the first run goes on
+    assert ws.stop() is True  # and a stop() still reaches it
+    first.join(1)
+    assert not first.is_alive()
+
+
 async def test_listen_all_tickers_gets_each_trade_once(sim: SimExchange) -> None:
     ws = make_client(sim)
     ws.on_ticker("all", lambda d: None)
