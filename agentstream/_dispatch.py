@@ -152,6 +152,7 @@ class Slot:
         "channel",
         "conflate",
         "conflated",
+        "conflated_into",
         "direct",
         "flight",
         "fn",
@@ -189,6 +190,7 @@ class Slot:
         partial: bool = False,
         max_queue: int = 10_000,
         report: Callable[[Slot, BaseException, Any], None] | None = None,
+        conflated_into: dict[str, int] | None = None,
     ) -> None:
         self.channel = channel
         self.fn = fn
@@ -204,6 +206,9 @@ class Slot:
         self.report = report
         self.name = callable_name(fn) if fn is not None else "listen()"
         self.conflated = 0
+        #: The client's conflation counts by channel key: they outlive the slot, so a
+        #: removed handler's count stays (read by ``ws.stats``, at conflation time only).
+        self.conflated_into = conflated_into
         self.scope: anyio.CancelScope | None = None
         self.stopped = False
         self.warned_slow = False
@@ -305,7 +310,12 @@ class Slot:
                     continue
                 seen.add(key)
             kept.appendleft(ev)
-        self.conflated += len(q) - len(kept)
+        n = len(q) - len(kept)
+        self.conflated += n
+        into = self.conflated_into
+        if into is not None:
+            key = self.channel if isinstance(self.channel, str) else self.channel.key
+            into[key] = into.get(key, 0) + n
         q.clear()
         q.extend(kept)
         if len(q) >= self.max_queue // 2:
