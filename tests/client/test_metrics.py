@@ -188,18 +188,21 @@ async def test_conflation_and_queue_depth_per_channel_outlive_the_handler(
     instrument(ws, registry=registry)
     conflated = key("agentstream_conflated_events_total", **AX, channel="ticker:BTCUSDT")
     async with running(ws):
-        await started.wait()
-        await wait_for(lambda: ws.stats.conflated >= 20, what="conflation")
-        stats = ws.stats
-        assert set(stats.conflated_by_channel) == {"ticker:BTCUSDT"}
-        assert stats.queued_by_channel["ticker:BTCUSDT"] >= 1
-        assert sum(stats.queued_by_channel.values()) == stats.queued
-        got = scrape(registry)
-        assert got[key("agentstream_queue_depth", **AX, channel="ticker:BTCUSDT")] >= 1
-        assert got[conflated] >= stats.conflated_by_channel["ticker:BTCUSDT"]
-        assert got[key("agentstream_conflated_events_total", **AX, channel="ticker:ETHUSDT")] == 0
-        assert ws.remove_handler(stuck) == 1
-        release.set()
+        try:
+            await started.wait()
+            await wait_for(lambda: ws.stats.conflated >= 20, what="conflation")
+            stats = ws.stats
+            assert set(stats.conflated_by_channel) == {"ticker:BTCUSDT"}
+            assert stats.queued_by_channel["ticker:BTCUSDT"] >= 1
+            assert sum(stats.queued_by_channel.values()) == stats.queued
+            got = scrape(registry)
+            assert got[key("agentstream_queue_depth", **AX, channel="ticker:BTCUSDT")] >= 1
+            assert got[conflated] >= stats.conflated_by_channel["ticker:BTCUSDT"]
+            eth = key("agentstream_conflated_events_total", **AX, channel="ticker:ETHUSDT")
+            assert got[eth] == 0
+            assert ws.remove_handler(stuck) == 1
+        finally:
+            release.set()  # the stuck handler ends, so the client can stop
         left = ws.stats.conflated_by_channel["ticker:BTCUSDT"]
         assert left >= stats.conflated_by_channel["ticker:BTCUSDT"]
         assert ws.stats.conflated == left  # the count stays with its handler gone
