@@ -1313,7 +1313,7 @@ class StreamClient:
 
     def _handler_failed(self, slot: Slot, exc: BaseException, event: Any) -> None:
         self._handler_errors += 1
-        channel = slot.channel if isinstance(slot.channel, str) else slot.channel.key
+        channel = slot.key
         by_channel = self._handler_errors_by_channel
         by_channel[channel] = by_channel.get(channel, 0) + 1
         try:
@@ -1369,8 +1369,7 @@ class StreamClient:
         counts = router.counts()
         queued: dict[str, int] = {}
         for slot in slots:
-            key = slot.channel if isinstance(slot.channel, str) else slot.channel.key
-            queued[key] = queued.get(key, 0) + len(slot.queue)
+            queued[slot.key] = queued.get(slot.key, 0) + len(slot.queue)
         conflated = dict(self._conflated)
         return Stats(
             state=self._state,

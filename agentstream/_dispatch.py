@@ -237,6 +237,12 @@ class Slot:
         self.flight: anyio.CancelScope | None = None
         self.push: Callable[[Any], None] = self._push_drain if self.inline else self._push_wake
 
+    @property
+    def key(self) -> str:
+        """The channel key (a kind's name for a ``listen(Model)`` of every symbol)."""
+        channel = self.channel
+        return channel if isinstance(channel, str) else channel.key
+
     def bind_loop(self) -> None:
         """Fresh synchronisation for a new run (an asyncio.Event is bound to one loop)."""
         self.wake = asyncio.Event()
@@ -314,8 +320,7 @@ class Slot:
         self.conflated += n
         into = self.conflated_into
         if into is not None:
-            key = self.channel if isinstance(self.channel, str) else self.channel.key
-            into[key] = into.get(key, 0) + n
+            into[self.key] = into.get(self.key, 0) + n
         q.clear()
         q.extend(kept)
         if len(q) >= self.max_queue // 2:

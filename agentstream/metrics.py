@@ -138,6 +138,8 @@ class StreamCollector:
     def add(self, ws: StreamClient, name: str | None = None) -> str:
         """Export ``ws``'s stats labelled ``client=name`` (default: its venue); return the name.
 
+        Adding a client again under another name renames it.
+
         Raises:
             ConfigurationError: the name is empty or taken by another client.
 
@@ -156,6 +158,9 @@ class StreamCollector:
                     f"a client named {label!r} is instrumented already; pass name= to tell "
                     "them apart"
                 )
+            for old, ref in list(self._clients.items()):
+                if ref() is ws:
+                    del self._clients[old]  # a new name for it: exported once
             self._clients[label] = weakref.ref(ws)
         return label
 

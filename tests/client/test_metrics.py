@@ -279,6 +279,9 @@ async def test_client_names_are_unique_and_clients_can_leave(sim: SimExchange) -
         instrument(b, registry=registry, name=" ")
     instrument(b, registry=registry, name="second")
     assert collector.names == ["agentexchange", "second"]
+    assert collector.add(b, "renamed") == "renamed"
+    assert collector.names == ["agentexchange", "renamed"]  # one client, exported once
+    assert collector.add(b, "second") == "second"
     clients = {dict(lb)["client"] for lb in series(scrape(registry), "agentstream_state")}
     assert clients == {"agentexchange", "second"}
     assert collector.remove(a) is True
