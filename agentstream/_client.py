@@ -118,6 +118,15 @@ class Stats:
     duplicate_events: int = 0
     #: Order updates delivered by recovery after a reconnect (read over REST).
     recovered_orders: int = 0
+    #: Events waiting in handler queues, per channel key (a ``listen(Model)`` without a
+    #: symbol counts under its kind's name); only channels with a handler.
+    queued_by_channel: dict[str, int] = field(default_factory=dict)
+    #: ``conflated`` per channel key (kept after the handler is removed).
+    conflated_by_channel: dict[str, int] = field(default_factory=dict)
+    #: ``handler_errors`` per channel key.
+    handler_errors_by_channel: dict[str, int] = field(default_factory=dict)
+    #: ``gaps`` per channel key (the key the gap was reported for).
+    gaps_by_channel: dict[str, int] = field(default_factory=dict)
 
 
 class StreamClient:
@@ -286,6 +295,9 @@ class StreamClient:
         self._state = "idle"
 
         self._handler_errors = 0
+        self._handler_errors_by_channel: dict[str, int] = {}
+        #: Events conflated by handlers since removed, per channel key (see Slot.retire).
+        self._conflated: dict[str, int] = {}
         self._reconnects = 0
         self._failed_attempts = 0
         if max_attempts is not None and max_attempts < 1:
@@ -296,6 +308,16 @@ class StreamClient:
         self._give_up_after = give_up_after
         self._failing_since: float | None = None
         self._failing_count = 0
+
+    @property
+    def venue(self) -> str:
+        """The venue's short name, as used in logs and metrics labels.
+
+        Example:
+            >>> AgentExchangeWS("ak_live_...").venue
+            'agentexchange'
+        """
+        return self._protocol.venue
 
     def __repr__(self) -> str:
         cred = self.__credential
@@ -333,6 +355,7 @@ class StreamClient:
                 max_queue=self._queue_size,
                 every=every,
                 report=self._handler_failed,
+                conflated_into=self._conflated,
             )
             if slot.is_async and thread:
                 raise ConfigurationError(
@@ -683,6 +706,7 @@ class StreamClient:
             conflate=conflation_key_for(spec),
             partial=True,
             max_queue=self._queue_size,
+            conflated_into=self._conflated,
         )
         with self._lock:
             self._listen_slots.add(slot)
@@ -703,6 +727,7 @@ class StreamClient:
                     return
                 yield event
         finally:
+            slot.retire()
             with self._lock:
                 self._listen_slots.discard(slot)
                 if channel is not None:
@@ -1304,7 +1329,9 @@ class StreamClient:
 
     def _handler_failed(self, slot: Slot, exc: BaseException, event: Any) -> None:
         self._handler_errors += 1
-        channel = slot.channel if isinstance(slot.channel, str) else slot.channel.key
+        channel = slot.key
+        by_channel = self._handler_errors_by_channel
+        by_channel[channel] = by_channel.get(channel, 0) + 1
         try:
             text = str(exc)
         except Exception:  # a user exception whose __str__ raises
@@ -1356,6 +1383,14 @@ class StreamClient:
             times.append(router.last_frame_at)
         last = max(times) if times else None
         counts = router.counts()
+        queued: dict[str, int] = {}
+        for slot in slots:
+            queued[slot.key] = queued.get(slot.key, 0) + len(slot.queue)
+        conflated = dict(self._conflated)  # of removed handlers
+        for slot in slots:
+            n = slot.conflated
+            if n:
+                conflated[slot.key] = conflated.get(slot.key, 0) + n
         return Stats(
             state=self._state,
             connections=sum(1 for lk in self._links if lk.conn is not None),
@@ -1368,14 +1403,18 @@ class StreamClient:
             dropped_frames=router.dropped,
             invalid_events=router.invalid,
             handler_errors=self._handler_errors,
-            conflated=sum(s.conflated for s in slots),
+            conflated=sum(conflated.values()),
             server_errors=router.server_errors,
             gaps=router.gaps,
-            queued=sum(len(s.queue) for s in slots),
+            queued=sum(queued.values()),
             last_message_age=None if last is None else time.monotonic() - last,
             heartbeats=router.heartbeats,
             duplicate_events=router.duplicates + sum(lg.repeats for lg in self._ledgers.values()),
             recovered_orders=self._recovered,
+            queued_by_channel=queued,
+            conflated_by_channel=conflated,
+            handler_errors_by_channel=dict(self._handler_errors_by_channel),
+            gaps_by_channel=dict(router.gaps_by_channel),
         )
 
 

@@ -237,6 +237,7 @@ class Slot:
     __slots__ = (
         "channel",
         "conflate",
+        "conflated_into",
         "direct",
         "flight",
         "fn",
@@ -278,6 +279,7 @@ class Slot:
         max_queue: int = 10_000,
         every: bool = False,
         report: Callable[[Slot, BaseException, Any], None] | None = None,
+        conflated_into: dict[str, int] | None = None,
     ) -> None:
         self.channel = channel
         self.fn = fn
@@ -301,6 +303,10 @@ class Slot:
         self.wake = asyncio.Event()
         self.report = report
         self.name = callable_name(fn) if fn is not None else "listen()"
+        #: The client's conflation counts of removed handlers, by channel key: a slot
+        #: adds its own there when it is removed (see retire()), so ``ws.stats`` never
+        #: counts fewer than before.
+        self.conflated_into = conflated_into
         self.scope: anyio.CancelScope | None = None
         self.stopped = False
         self.warned_slow = False
@@ -334,6 +340,23 @@ class Slot:
         """Events replaced by a newer one of the same symbol before the handler got them."""
         q = self.queue
         return self.trimmed + (q.conflated if type(q) is LatestQueue else 0)
+
+    @property
+    def key(self) -> str:
+        """The channel key (a kind's name for a ``listen(Model)`` of every symbol)."""
+        channel = self.channel
+        return channel if isinstance(channel, str) else channel.key
+
+    def retire(self) -> None:
+        """Removed: add this slot's conflation count to the client's (once)."""
+        n = self.conflated
+        into = self.conflated_into
+        if n and into is not None:
+            into[self.key] = into.get(self.key, 0) + n
+        self.trimmed = 0
+        q = self.queue
+        if type(q) is LatestQueue:
+            q.conflated = 0
 
     def bind_loop(self) -> None:
         """Fresh synchronisation for a new run (an asyncio.Event is bound to one loop)."""
@@ -613,6 +636,7 @@ class Slot:
     def cancel(self) -> None:
         self.stopped = True
         self.direct = False
+        self.retire()
         runner = self.runner
         if self.shared and runner is not None:
             if runner.serving is self and runner.task is not asyncio.current_task():

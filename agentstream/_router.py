@@ -367,6 +367,7 @@ class Router:
         self.invalid = 0
         self.server_errors = 0
         self.gaps = 0
+        self.gaps_by_channel: dict[str, int] = {}
         self.last_frame_at: float | None = None
         #: True while a batch of frames is being routed (handlers may run meanwhile).
         self.feeding = False
@@ -885,6 +886,7 @@ class Router:
             reason=start.reason,
         )
         self.gaps += 1
+        self.gaps_by_channel[key] = self.gaps_by_channel.get(key, 0) + 1
         self.host.emit_gap(gap)
 
 
