@@ -439,7 +439,8 @@ class Feed:
                 with the venue's whole message).
 
         Example:
-            >>> feed.event("portfolio", {"total_equity": "10000", "available_cash": "10000"})
+            >>> feed.event("portfolio", {"total_equity": "10000", "available_cash": "10000",
+            ...                          "unrealized_pnl": "0", "realized_pnl": "0"})
         """
         if not isinstance(self.ws, AgentExchangeWS):
             raise ConfigurationError(
