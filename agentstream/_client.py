@@ -263,7 +263,7 @@ class StreamClient:
         self._hooks_gap: list[Callable[..., Any]] = []
         self._hook_runner: HookRunner | None = None
         self._shared_worker: SharedWorker | None = None
-        #: agentstream.testing's seams (see _test_seams): how links are made, and a
+        #: agentstream.testing's seams (see _wrap_calls): how links are made, and a
         #: wrapper put around every handler and hook (wrapper -> the user's callable).
         self._link_factory: Callable[[_Host, Router, LinkConfig, int], Link] = Link
         self._call_wrap: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
@@ -1342,7 +1342,8 @@ class StreamClient:
         None takes the wrappers off. For :class:`agentstream.testing.Feed`, which counts
         the calls in progress to know when the handlers are done. ``wrap`` must keep a
         sync callable sync and an async one async; ``remove_handler`` still takes the
-        user's callable."""
+        user's callable. Only while the client is not running (a worker reads its
+        handler once, when it starts)."""
         with self._lock:
             if self._call_wrap is not None:  # back to the user's callables first
                 orig = self._unwrapped
