@@ -273,6 +273,11 @@ class StreamClient:
         self._hooks_gap: list[Callable[..., Any]] = []
         self._hook_runner: HookRunner | None = None
         self._shared_worker: SharedWorker | None = None
+        #: agentstream.testing's seams (see _wrap_calls): how links are made, and a
+        #: wrapper put around every handler and hook (wrapper -> the user's callable).
+        self._link_factory: Callable[[_Host, Router, LinkConfig, int], Link] = Link
+        self._call_wrap: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
+        self._unwrapped: dict[Callable[..., Any], Callable[..., Any]] = {}
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -362,6 +367,8 @@ class StreamClient:
                     f"{slot.name} is async; thread=True is for blocking sync handlers"
                 )
             with self._lock:
+                if self._call_wrap is not None:
+                    slot.fn = self._wrapped(fn)
                 self._slots.setdefault(channel.key, []).append(slot)
                 self._channels.setdefault(channel.key, channel)
             self._schedule_reconcile()
@@ -419,7 +426,7 @@ class StreamClient:
             for key in list(self._slots):
                 keep = []
                 for slot in self._slots[key]:
-                    if slot.fn is handler:
+                    if slot.fn is not None and self._unwrapped.get(slot.fn, slot.fn) is handler:
                         slot.stopped = True  # its worker is cancelled by _sync, on the loop
                         removed += 1
                     else:
@@ -515,7 +522,7 @@ class StreamClient:
                 raise ConfigurationError("a hook must be callable")
             _check_params(f, nargs, "a hook")
             with self._lock:
-                hooks.append(f)
+                hooks.append(self._wrapped(f) if self._call_wrap is not None else f)
             return f
 
         return add(fn) if fn is not None else add
@@ -1024,7 +1031,7 @@ class StreamClient:
 
     def _new_link(self) -> Link:
         assert self._tg is not None
-        link = Link(self._host, self._router, self._link_config, len(self._links))
+        link = self._link_factory(self._host, self._router, self._link_config, len(self._links))
         self._links.append(link)
         # Private events reach every socket of the account: deliver each once.
         self._router.dedup_private = len(self._links) > 1
@@ -1363,6 +1370,44 @@ class StreamClient:
             f", {gap.missing_candle_count} candle(s) missed" if gap.missing_candle_count else "",
         )
         self._call_hooks(self._hooks_gap, gap)
+
+    # -- agentstream.testing's seams ----------------------------------------------------
+
+    def _wrapped(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        assert self._call_wrap is not None
+        wrapper = self._call_wrap(fn)
+        self._unwrapped[wrapper] = fn
+        return wrapper
+
+    def _wrap_calls(self, wrap: Callable[[Callable[..., Any]], Callable[..., Any]] | None) -> None:
+        """Put ``wrap(fn)`` around every handler and hook, now and as they are added;
+        None takes the wrappers off. For :class:`agentstream.testing.Feed`, which counts
+        the calls in progress to know when the handlers are done. ``wrap`` must keep a
+        sync callable sync and an async one async; ``remove_handler`` still takes the
+        user's callable. Only while the client is not running (a worker reads its
+        handler once, when it starts)."""
+        with self._lock:
+            if self._call_wrap is not None:  # back to the user's callables first
+                orig = self._unwrapped
+                for slots in self._slots.values():
+                    for slot in slots:
+                        if slot.fn is not None:
+                            slot.fn = orig.get(slot.fn, slot.fn)
+                for hooks in self._wrappable_hooks():
+                    hooks[:] = [orig.get(f, f) for f in hooks]
+                self._unwrapped = {}
+            self._call_wrap = wrap
+            if wrap is None:
+                return
+            for slots in self._slots.values():
+                for slot in slots:
+                    if slot.fn is not None:
+                        slot.fn = self._wrapped(slot.fn)
+            for hooks in self._wrappable_hooks():
+                hooks[:] = [self._wrapped(f) for f in hooks]
+
+    def _wrappable_hooks(self) -> list[list[Callable[..., Any]]]:
+        return [self._hooks_connect, self._hooks_disconnect, self._hooks_error, self._hooks_gap]
 
     # -- stats ------------------------------------------------------------------------
 

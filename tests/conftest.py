@@ -27,6 +27,10 @@ from agentstream.sim import DEMO_API_KEY
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
 
+#: pytester runs test files as a user would (tests/plugin); pytest takes pytest_plugins
+#: only from a top-level conftest.
+pytest_plugins = ["pytester"]
+
 AUDIT_ENV = "AGENTSTREAM_SECRET_AUDIT"
 _ROOT = Path(__file__).resolve().parents[1]
 #: String literals that are API keys in the tests and examples (masks contain "…").
