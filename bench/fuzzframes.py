@@ -1016,11 +1016,12 @@ class FuzzRig:
 
     def _register(self, key: str, fn: Callable[..., None]) -> None:
         kind, _, rest = key.partition(":")
+        # every=True: the oracle counts every data message a handler should get.
         if kind == "ticker":
-            self.ws.on_ticker(rest, fn)
+            self.ws.on_ticker(rest, fn, every=True)
         elif kind == "candles":
             symbol, _, interval = rest.partition(":")
-            self.ws.on_candles(symbol, interval, fn, partial=True)
+            self.ws.on_candles(symbol, interval, fn, partial=True, every=True)
         elif kind == "orders":
             self.ws.on_order_update(fn)
         else:
