@@ -20,12 +20,125 @@ if TYPE_CHECKING:
 
     from agentstream.models import OrderUpdate
 
-__all__ = ["AgentExchangeWS", "Stats"]
+__all__ = ["AgentExchangeHandlers", "AgentExchangeWS", "Stats"]
 
 H = TypeVar("H", bound=Callable[..., Any])
 
 
-class AgentExchangeWS(StreamClient):
+class AgentExchangeHandlers:
+    """AgentExchange's decorators, for any client that registers handlers (the stream,
+    and the bus consumer that reads the same events from Redis)."""
+
+    if TYPE_CHECKING:
+
+        def _register(
+            self, channel: Channel, handler: H | None, *, thread: bool, partial: bool = False
+        ) -> H | Callable[[H], H]: ...
+
+    @overload
+    def on_ticker(
+        self, symbol: str, handler: None = None, *, thread: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_ticker(self, symbol: str, handler: H, *, thread: bool = False) -> H: ...
+    def on_ticker(
+        self, symbol: str, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with every trade of ``symbol`` (``"all"``: every pair).
+
+        The handler gets a ``dict`` (``data["symbol"]``, ``data["price"]``, ...), or a
+        :class:`Ticker` if its first parameter is annotated so. ``thread=True`` runs a
+        sync handler in a worker thread, so it may block without stalling the stream.
+
+        Example:
+            >>> @ws.on_ticker("BTCUSDT")
+            ... def on_btc(data):
+            ...     prices["BTCUSDT"] = data["price"]
+            >>> ws.on_ticker("ETHUSDT", on_eth)   # the same without a decorator
+
+        Raises:
+            ConfigurationError: (a ``ValueError``) for an empty or invalid symbol.
+        """
+        return self._register(Channel.ticker(symbol), handler, thread=thread)
+
+    @overload
+    def on_candles(
+        self,
+        symbol: str,
+        interval: str,
+        handler: None = None,
+        *,
+        partial: bool = False,
+        thread: bool = False,
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_candles(
+        self, symbol: str, interval: str, handler: H, *, partial: bool = False, thread: bool = False
+    ) -> H: ...
+    def on_candles(
+        self,
+        symbol: str,
+        interval: str,
+        handler: H | None = None,
+        *,
+        partial: bool = False,
+        thread: bool = False,
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with each closed candle of ``symbol`` and ``interval``.
+
+        ``interval`` is one of 1m, 5m, 15m, 1h, 4h, 1d. With ``partial=True`` the handler
+        also gets the updates of the forming candle (``data["is_closed"]`` is False).
+
+        Example:
+            >>> @ws.on_candles("BTCUSDT", "1m")
+            ... async def on_btc_1m(data):
+            ...     print(f"1m candle closed at ${data['close']}")
+
+        Raises:
+            ConfigurationError: (a ``ValueError``) for any other interval.
+        """
+        return self._register(
+            Channel.candles(symbol, interval), handler, thread=thread, partial=partial
+        )
+
+    @overload
+    def on_order_update(
+        self, handler: None = None, *, thread: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_order_update(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with every status change of the account's orders.
+
+        Never dropped or conflated, and never queued behind ticks.
+
+        Example:
+            >>> @ws.on_order_update()
+            ... async def on_order(data):
+            ...     print(f"Order {data['order_id']}: {data['status']}")
+        """
+        return self._register(Channel.orders(), handler, thread=thread)
+
+    @overload
+    def on_portfolio(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_portfolio(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_portfolio(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with every portfolio snapshot of the account.
+
+        Example:
+            >>> @ws.on_portfolio()
+            ... async def on_portfolio(data):
+            ...     print(f"Equity: ${data['total_equity']}  ROI: {data['roi_pct']}%")
+        """
+        return self._register(Channel.portfolio(), handler, thread=thread)
+
+
+class AgentExchangeWS(StreamClient, AgentExchangeHandlers):
     """A supervised AgentExchange WebSocket client with decorator-registered handlers.
 
     Args:
@@ -138,105 +251,3 @@ class AgentExchangeWS(StreamClient):
     async def _close_extras(self) -> None:
         if self._rest is not None:
             await self._rest.aclose_on_this_loop()
-
-    @overload
-    def on_ticker(
-        self, symbol: str, handler: None = None, *, thread: bool = False
-    ) -> Callable[[H], H]: ...
-    @overload
-    def on_ticker(self, symbol: str, handler: H, *, thread: bool = False) -> H: ...
-    def on_ticker(
-        self, symbol: str, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Call ``handler`` with every trade of ``symbol`` (``"all"``: every pair).
-
-        The handler gets a ``dict`` (``data["symbol"]``, ``data["price"]``, ...), or a
-        :class:`Ticker` if its first parameter is annotated so. ``thread=True`` runs a
-        sync handler in a worker thread, so it may block without stalling the stream.
-
-        Example:
-            >>> @ws.on_ticker("BTCUSDT")
-            ... def on_btc(data):
-            ...     prices["BTCUSDT"] = data["price"]
-            >>> ws.on_ticker("ETHUSDT", on_eth)   # the same without a decorator
-
-        Raises:
-            ConfigurationError: (a ``ValueError``) for an empty or invalid symbol.
-        """
-        return self._register(Channel.ticker(symbol), handler, thread=thread)
-
-    @overload
-    def on_candles(
-        self,
-        symbol: str,
-        interval: str,
-        handler: None = None,
-        *,
-        partial: bool = False,
-        thread: bool = False,
-    ) -> Callable[[H], H]: ...
-    @overload
-    def on_candles(
-        self, symbol: str, interval: str, handler: H, *, partial: bool = False, thread: bool = False
-    ) -> H: ...
-    def on_candles(
-        self,
-        symbol: str,
-        interval: str,
-        handler: H | None = None,
-        *,
-        partial: bool = False,
-        thread: bool = False,
-    ) -> H | Callable[[H], H]:
-        """Call ``handler`` with each closed candle of ``symbol`` and ``interval``.
-
-        ``interval`` is one of 1m, 5m, 15m, 1h, 4h, 1d. With ``partial=True`` the handler
-        also gets the updates of the forming candle (``data["is_closed"]`` is False).
-
-        Example:
-            >>> @ws.on_candles("BTCUSDT", "1m")
-            ... async def on_btc_1m(data):
-            ...     print(f"1m candle closed at ${data['close']}")
-
-        Raises:
-            ConfigurationError: (a ``ValueError``) for any other interval.
-        """
-        return self._register(
-            Channel.candles(symbol, interval), handler, thread=thread, partial=partial
-        )
-
-    @overload
-    def on_order_update(
-        self, handler: None = None, *, thread: bool = False
-    ) -> Callable[[H], H]: ...
-    @overload
-    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_order_update(
-        self, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Call ``handler`` with every status change of the account's orders.
-
-        Never dropped or conflated, and never queued behind ticks.
-
-        Example:
-            >>> @ws.on_order_update()
-            ... async def on_order(data):
-            ...     print(f"Order {data['order_id']}: {data['status']}")
-        """
-        return self._register(Channel.orders(), handler, thread=thread)
-
-    @overload
-    def on_portfolio(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
-    @overload
-    def on_portfolio(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_portfolio(
-        self, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Call ``handler`` with every portfolio snapshot of the account.
-
-        Example:
-            >>> @ws.on_portfolio()
-            ... async def on_portfolio(data):
-            ...     print(f"Equity: ${data['total_equity']}  ROI: {data['roi_pct']}%")
-        """
-        return self._register(Channel.portfolio(), handler, thread=thread)
