@@ -281,7 +281,8 @@ async def test_candles_closed_only_unless_partial_and_all_finds_new_streams(
     bus.on_candles("BTCUSDT", "1m", every.append, partial=True)
     bus.on_ticker("all", lambda d: symbols.append(d["symbol"]))
     async with bus:
-        base = {"symbol": "BTCUSDT", "interval": "1m", "open": "1", "high": "2", "low": "1"}
+        base: dict[str, Any] = {"symbol": "BTCUSDT", "interval": "1m", "open": "1", "high": "2"}
+        base |= {"low": "1"}
         base |= {"close": "2", "volume": "3", "open_time": 1_764_676_800_000}
         for is_closed in (False, False, True):
             await add(redis_client, "candles:BTCUSDT:1m", {**base, "is_closed": is_closed})
