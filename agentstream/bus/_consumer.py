@@ -158,6 +158,8 @@ class BusClient(StreamClient):
         self._gap_count = 0
         self._loss_count = 0
         self._in_flight = 0
+        #: Entries with their handlers now, by token.
+        self._envelopes: dict[Hashable, _Envelope] = {}
 
     # -- registration -----------------------------------------------------------------
 
@@ -213,10 +215,38 @@ class BusClient(StreamClient):
 
     def _item_done(self, item: _Item) -> None:
         env = item.envelope
+        if env.remaining <= 0:
+            return  # abandoned (its handler was removed, or the run ended)
         env.remaining -= 1
         if env.remaining == 0:
             self._in_flight -= 1
+            self._envelopes.pop(env.token, None)
             self._settle(env.token, env.error)
+
+    def _abandon(self, slot: Slot | None = None) -> list[Hashable]:
+        """Forget the entries queued for ``slot`` (it was removed), or with ``None`` every
+        entry on its way (the run ended): they are not settled, so they stay pending in
+        the broker and are delivered again. Returns their tokens."""
+        if slot is None:
+            envelopes = list(self._envelopes.values())
+            for s in [*self._running_slots, *self._listen_items, *self._listen_slots]:
+                s.queue.clear()  # (only items: undelivered entries of this run)
+            self._listen_items.clear()
+        else:
+            items = [ev for ev in slot.queue if isinstance(ev, _Item)]
+            held = self._listen_items.pop(slot, None)
+            if held is not None:
+                items.append(held)
+            slot.queue.clear()
+            envelopes = [it.envelope for it in items]
+        tokens = []
+        for env in envelopes:
+            if env.remaining > 0:
+                env.remaining = 0
+                self._in_flight -= 1
+                self._envelopes.pop(env.token, None)
+                tokens.append(env.token)
+        return tokens
 
     def _done_from_thread(self, item: _Item) -> None:
         loop = self._loop
@@ -299,6 +329,7 @@ class BusClient(StreamClient):
         env = _Envelope(token)
         env.remaining = len(targets)
         self._in_flight += 1
+        self._envelopes[token] = env
         for slot, event in targets:
             slot.push(_Item(env, event))
         return True

@@ -40,7 +40,7 @@ from agentstream._client import _first_of
 from agentstream._dispatch import SharedWorker
 from agentstream.backoff import Backoff
 from agentstream.bus._codec import decode_entry, stream_key
-from agentstream.bus._consumer import BusClient, BusStats, DeadLettered, _Item
+from agentstream.bus._consumer import BusClient, BusStats, DeadLettered
 from agentstream.client import AgentExchangeHandlers
 from agentstream.errors import ConfigurationError, DecodeError, StreamConnectionError
 from agentstream.tastytrade.client import TastytradeHandlers
@@ -300,7 +300,8 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
         for slot in [s for s in self._running_slots if s not in registered]:
             slot.cancel()
             self._running_slots.discard(slot)
-            self._abandon(slot)
+            for token in self._abandon(slot):
+                self._pending.discard(token)
         self._wake_listeners(stopped_only=True)
         for slot in new_slots:
             self._running_slots.add(slot)
@@ -363,27 +364,36 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
                 tg.cancel_scope.cancel()
         finally:
             self._connected = False
-            with self._lock:
-                slots = [s for v in self._slots.values() for s in v]
-            for slot in slots + list(self._listen_items):
-                self._abandon(slot)
+            if self._acks:
+                with anyio.CancelScope(shield=True):
+                    await self._flush_on_stop()
+            self._abandon()
+            self._pending.clear()
         return started
 
-    def _abandon(self, slot: Any) -> None:
-        """Forget the entries queued for ``slot`` (removed, or the run ended): they stay
-        pending in Redis and are delivered again after ``claim_idle``."""
-        item = self._listen_items.pop(slot, None)
-        items = [item] if item is not None else []
-        queue = getattr(slot, "queue", ())
-        items += [ev for ev in queue if isinstance(ev, _Item)]
-        if items and hasattr(queue, "clear"):
-            queue.clear()
-        for it in items:
-            env = it.envelope
-            if env.remaining > 0:
-                env.remaining = 0
-                self._in_flight -= 1
-                self._pending.discard(env.token)  # type: ignore[arg-type,unused-ignore]
+    async def _flush_on_stop(self) -> None:
+        """Acknowledge what was handled before the stop (a short try: if Redis is down,
+        those entries stay pending and the group delivers them again)."""
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            self.url, socket_timeout=2.0, socket_connect_timeout=self._redis_connect_timeout
+        )
+        try:
+            with anyio.move_on_after(3):
+                async with client.pipeline(transaction=False) as pipe:
+                    for stream, ids in self._acks.items():
+                        pipe.xack(stream, self.group, *ids)
+                    await pipe.execute()
+                self._acked += sum(len(ids) for ids in self._acks.values())
+                self._acks = {}
+        except Exception as exc:
+            self.log.warning(
+                "could not acknowledge %d entries when stopping: %s", len(self._acks), exc
+            )
+        finally:
+            with anyio.move_on_after(1):
+                await client.aclose()
 
     async def _supervise(self) -> None:
         """Connect to Redis and read; on a lost connection, reconnect with backoff."""

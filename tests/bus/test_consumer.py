@@ -292,6 +292,8 @@ async def test_candles_closed_only_unless_partial_and_all_finds_new_streams(
             await add(redis_client, f"ticker:{sym}", tick(sym))
         await wait_for(lambda: sorted(symbols) == ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
     assert closed[0].is_closed is True
+    assert bus.remove_handler(on_closed) == 1  # found through the bus's wrapper
+    assert [c.key for c in bus.channels] == ["candles:BTCUSDT:1m", "ticker:all"]
 
 
 # -- gaps, losses, listen, run modes ------------------------------------------------------
@@ -528,8 +530,6 @@ async def test_three_processes_in_one_group_handle_each_order_exactly_once(
     handled = [x for p in per for x in p]
     assert sorted(handled) == sorted(f"o-{k}" for k in range(n))  # each once, none lost
     assert all(p for p in per), [len(p) for p in per]  # the work was shared
-    await wait_for(lambda: True)
-    assert await pending(redis_client, "agentstream:agentexchange:orders", "team") == 0
 
 
 @pytest.mark.timeout(120)
@@ -562,7 +562,56 @@ async def test_a_consumer_killed_mid_stream_leaves_its_entries_to_another(
     assert await pending(redis_client, "agentstream:agentexchange:orders", "team") == 0
 
 
+async def test_entries_handled_before_a_stop_are_acknowledged_by_it(
+    redis_client: aioredis.Redis, bus_factory: Any
+) -> None:
+    bus = bus_factory(start="0")
+    release = anyio.Event()
+    got: list[str] = []
+
+    @bus.on_order_update()
+    async def slow(d: dict[str, Any]) -> None:
+        if d["order_id"] == "o-3":
+            await release.wait()  # still running when the bus stops
+        got.append(d["order_id"])
+
+    @bus.on_order_update()
+    def stopper(d: dict[str, Any]) -> None:
+        if d["order_id"] == "o-2":
+            bus.stop()  # the stop comes before the acknowledgements of o-2 went out
+
+    for n in range(4):
+        await add(redis_client, "orders", order(n))
+    async with bus:
+        await wait_for(lambda: len(got) >= 2 and bus.stats.state == "stopped")
+    stream = stream_key("agentstream", "agentexchange", "orders")
+    handled = set(got)
+    # Each entry both handlers returned for is acknowledged; the others stay pending.
+    assert await pending(redis_client, stream, "g") == 4 - bus.stats.acked
+    assert bus.stats.acked == bus.stats.handled == len(handled - {"o-3"}) >= 2
+    assert bus.stats.in_flight == 0  # o-3 was abandoned: pending for the group
+
+
 # -- Redis down ---------------------------------------------------------------------------
+
+
+async def test_a_consumer_started_before_redis_waits_with_backoff() -> None:
+    server = LocalRedis()
+    try:
+        bus = RedisBus(server.url, group="g", **QUICK)
+        bus.on_order_update(lambda d: None)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bus.connect)
+            await wait_for(lambda: bus.stats.failed_attempts >= 2)
+            await anyio.sleep(0.3)
+            # Backoff (20 ms doubling to 100 ms), not a busy loop: a handful of attempts.
+            assert bus.stats.failed_attempts < 15
+            assert bus.stats.state == "reconnecting"
+            await anyio.to_thread.run_sync(server.start)
+            await wait_for(lambda: bus.stats.state == "connected", timeout=10)
+            await bus.disconnect()
+    finally:
+        server.close()
 
 
 @pytest.mark.timeout(60)
