@@ -590,6 +590,15 @@ async def test_entries_handled_before_a_stop_are_acknowledged_by_it(
     assert await pending(redis_client, stream, "g") == 4 - bus.stats.acked
     assert bus.stats.acked == bus.stats.handled == len(handled - {"o-3"}) >= 2
     assert bus.stats.in_flight == 0  # o-3 was abandoned: pending for the group
+    # The same consumer name, started again, first takes what it left pending (no
+    # claim_idle to wait: its own pending entries).
+    again = bus_factory(claim_idle=60)
+    seen: list[str] = []
+    again.on_order_update(lambda d: seen.append(d["order_id"]))
+    async with again:
+        await wait_for(lambda: "o-3" in seen and again.stats.acked == len(seen))
+    assert set(seen) == {f"o-{n}" for n in range(4)} - handled | {"o-3"}
+    assert await pending(redis_client, stream, "g") == 0
 
 
 # -- Redis down ---------------------------------------------------------------------------
