@@ -350,17 +350,8 @@ class StreamClient:
                     f"{callable_name(fn)} takes a {model.__name__} but is registered for "
                     f"{channel.key}"
                 )
-            slot = Slot(
-                channel,
-                fn,
-                model=model,
-                conflate=conflation_key_for(self._kinds[channel.kind]),
-                thread=thread,
-                partial=partial,
-                max_queue=self._queue_size,
-                every=every,
-                report=self._handler_failed,
-                conflated_into=self._conflated,
+            slot = self._new_slot(
+                channel, fn, model=model, thread=thread, partial=partial, every=every
             )
             if slot.is_async and thread:
                 raise ConfigurationError(
@@ -375,6 +366,34 @@ class StreamClient:
             return fn
 
         return add(handler) if handler is not None else add
+
+    def _new_slot(
+        self,
+        channel: Channel,
+        fn: Callable[[Any], Any],
+        *,
+        model: type[Any] | None,
+        thread: bool,
+        partial: bool,
+        every: bool = False,
+    ) -> Slot:
+        """The slot of a handler being registered (its checks passed).
+
+        A hook for clients that call handlers differently (the bus wraps each to
+        acknowledge the entry once the handler returned).
+        """
+        return Slot(
+            channel,
+            fn,
+            model=model,
+            conflate=conflation_key_for(self._kinds[channel.kind]),
+            thread=thread,
+            partial=partial,
+            max_queue=self._queue_size,
+            every=every,
+            report=self._handler_failed,
+            conflated_into=self._conflated,
+        )
 
     def _parse(self, channel: Channel | str) -> Channel:
         if isinstance(channel, Channel):
@@ -426,7 +445,11 @@ class StreamClient:
             for key in list(self._slots):
                 keep = []
                 for slot in self._slots[key]:
-                    if slot.fn is not None and self._unwrapped.get(slot.fn, slot.fn) is handler:
+                    fn = slot.fn
+                    if fn is not None and (
+                        self._unwrapped.get(fn, fn) is handler
+                        or getattr(fn, "__wrapped__", None) is handler
+                    ):
                         slot.stopped = True  # its worker is cancelled by _sync, on the loop
                         removed += 1
                     else:
@@ -809,35 +832,7 @@ class StreamClient:
         try:
             if self._stop_requested:
                 return
-            async with (
-                Transport(
-                    ssl=self._ssl,
-                    connect_timeout=self._connect_timeout,
-                    close_timeout=self._close_timeout,
-                    max_message_size=self._max_message_size,
-                    auth_statuses=self._protocol.auth_http_statuses,
-                ) as transport,
-                anyio.create_task_group() as tg,
-            ):
-                self._transport = transport
-                self._tg = tg
-                tg.start_soon(self._hook_runner.run)
-                self._shared_worker = SharedWorker(tg.start_soon)
-                tg.start_soon(self._shared_worker.run)
-                self._reconcile()
-                if not self._links:
-                    if warn_empty:  # (`async with` then subscribe_* is a normal start)
-                        self.log.warning(
-                            "connecting with no channel: register a handler or subscribe "
-                            "first; nothing will arrive until then"
-                        )
-                    self._new_link()
-                await _first_of(self._ready, self._stop_event)
-                if not self._stop_event.is_set():
-                    task_status.started()
-                    started = True
-                    await self._stop_event.wait()
-                tg.cancel_scope.cancel()
+            started = await self._serve(task_status, warn_empty=warn_empty)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close_extras()
@@ -864,6 +859,48 @@ class StreamClient:
         fatal = self._fatal_error()
         if fatal is not None and (raise_fatal or not started):
             raise fatal
+
+    async def _serve(self, task_status: anyio.abc.TaskStatus[None], *, warn_empty: bool) -> bool:
+        """The run's work, until stopped: the links and the handlers' workers.
+
+        Calls ``task_status.started()`` once ready and returns whether it did. A client
+        reading another source (the bus) overrides it; ``_run`` does the bookkeeping
+        around it.
+        """
+        assert self._hook_runner is not None
+        assert self._stop_event is not None
+        assert self._ready is not None
+        async with (
+            Transport(
+                ssl=self._ssl,
+                connect_timeout=self._connect_timeout,
+                close_timeout=self._close_timeout,
+                max_message_size=self._max_message_size,
+                auth_statuses=self._protocol.auth_http_statuses,
+            ) as transport,
+            anyio.create_task_group() as tg,
+        ):
+            self._transport = transport
+            self._tg = tg
+            tg.start_soon(self._hook_runner.run)
+            self._shared_worker = SharedWorker(tg.start_soon)
+            tg.start_soon(self._shared_worker.run)
+            self._reconcile()
+            if not self._links:
+                if warn_empty:  # (`async with` then subscribe_* is a normal start)
+                    self.log.warning(
+                        "connecting with no channel: register a handler or subscribe "
+                        "first; nothing will arrive until then"
+                    )
+                self._new_link()
+            started = False
+            await _first_of(self._ready, self._stop_event)
+            if not self._stop_event.is_set():
+                task_status.started()
+                started = True
+                await self._stop_event.wait()
+            tg.cancel_scope.cancel()
+        return started
 
     def _fatal_error(self) -> BaseException | None:
         return self._fatal  # set by a link task while _run awaited

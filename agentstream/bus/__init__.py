@@ -11,6 +11,32 @@ starts a throwaway Redis server for tests.
 
 from __future__ import annotations
 
-from agentstream.bus._codec import SCHEMA_VERSION, Entry, decode_entry, encode_entry, stream_key
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SCHEMA_VERSION", "Entry", "decode_entry", "encode_entry", "stream_key"]
+from agentstream.bus._codec import SCHEMA_VERSION, Entry, decode_entry, encode_entry, stream_key
+from agentstream.bus._consumer import BusStats, DataLossReported, DeadLettered
+
+if TYPE_CHECKING:
+    from agentstream.bus.redis import RedisBus
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BusStats",
+    "DataLossReported",
+    "DeadLettered",
+    "Entry",
+    "RedisBus",
+    "decode_entry",
+    "encode_entry",
+    "stream_key",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisBus is imported on first use: ``import agentstream.bus`` works without the
+    # redis extra (the entry format needs only msgspec).
+    if name == "RedisBus":
+        from agentstream.bus.redis import RedisBus
+
+        return RedisBus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

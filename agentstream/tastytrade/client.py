@@ -14,12 +14,14 @@ from agentstream.protocols.tastytrade import LIVE_URL, SANDBOX_URL, TastytradePr
 if TYPE_CHECKING:
     import logging
     import ssl as _ssl
+    from collections.abc import Mapping
     from datetime import datetime
 
+    from agentstream.protocols.base import Kind
     from agentstream.tastytrade.models import PlacedOrder
     from agentstream.tastytrade.rest import TastytradeREST
 
-__all__ = ["TastytradeStream"]
+__all__ = ["TastytradeHandlers", "TastytradeStream"]
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -59,7 +61,81 @@ def _account_number(account: object) -> str:
     return number.strip()
 
 
-class TastytradeStream(StreamClient):
+class TastytradeHandlers:
+    """tastytrade's decorators, for any client that registers handlers (the streamer,
+    and the bus consumer that reads the same events from Redis)."""
+
+    if TYPE_CHECKING:
+        _kinds: Mapping[str, Kind]
+
+        def _register(
+            self, channel: Channel, handler: H | None, *, thread: bool, partial: bool = False
+        ) -> H | Callable[[H], H]: ...
+
+    # -- decorators --------------------------------------------------------------------
+
+    def _on(self, kind: str, handler: H | None, thread: bool) -> H | Callable[[H], H]:
+        return self._register(Channel.of(self._kinds[kind]), handler, thread=thread)
+
+    @overload
+    def on_order_update(
+        self, handler: None = None, *, thread: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_order_update(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Every ``Order`` message of the followed accounts: a dict of the data as sent
+        (kebab-case keys), or a :class:`PlacedOrder` when annotated so.
+
+        Example:
+            >>> @ts.on_order_update()
+            ... def on_order(o: PlacedOrder):
+            ...     print(o.id, o.status)
+        """
+        return self._on("orders", handler, thread)
+
+    @overload
+    def on_balance(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_balance(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_balance(self, handler: H | None = None, *, thread: bool = False) -> H | Callable[[H], H]:
+        """Every ``AccountBalance`` message (typed: :class:`AccountBalance`)."""
+        return self._on("balances", handler, thread)
+
+    @overload
+    def on_position(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_position(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_position(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Every ``CurrentPosition`` message (typed: :class:`CurrentPosition`)."""
+        return self._on("positions", handler, thread)
+
+    @overload
+    def on_quote_alert(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_quote_alert(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_quote_alert(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Your quote alerts (subscribes them; typed: :class:`QuoteAlert`)."""
+        return self._on("quote_alerts", handler, thread)
+
+    @overload
+    def on_watchlist(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
+    @overload
+    def on_watchlist(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_watchlist(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Public watchlist changes (subscribes them; typed: :class:`Watchlist`)."""
+        return self._on("watchlists", handler, thread)
+
+
+class TastytradeStream(StreamClient, TastytradeHandlers):
     """tastytrade's account streamer with a supervisor that keeps it alive for days.
 
     ``connect`` (with your accounts) goes first and is acknowledged before any other
@@ -256,65 +332,3 @@ class TastytradeStream(StreamClient):
     async def subscribe_quote_alerts(self) -> None:
         """Your quote alerts as they trigger (``listen(QuoteAlert)``)."""
         self.subscribe(Channel.of(self._kinds["quote_alerts"]))
-
-    # -- decorators --------------------------------------------------------------------
-
-    def _on(self, kind: str, handler: H | None, thread: bool) -> H | Callable[[H], H]:
-        return self._register(Channel.of(self._kinds[kind]), handler, thread=thread)
-
-    @overload
-    def on_order_update(
-        self, handler: None = None, *, thread: bool = False
-    ) -> Callable[[H], H]: ...
-    @overload
-    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_order_update(
-        self, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Every ``Order`` message of the followed accounts: a dict of the data as sent
-        (kebab-case keys), or a :class:`PlacedOrder` when annotated so.
-
-        Example:
-            >>> @ts.on_order_update()
-            ... def on_order(o: PlacedOrder):
-            ...     print(o.id, o.status)
-        """
-        return self._on("orders", handler, thread)
-
-    @overload
-    def on_balance(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
-    @overload
-    def on_balance(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_balance(self, handler: H | None = None, *, thread: bool = False) -> H | Callable[[H], H]:
-        """Every ``AccountBalance`` message (typed: :class:`AccountBalance`)."""
-        return self._on("balances", handler, thread)
-
-    @overload
-    def on_position(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
-    @overload
-    def on_position(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_position(
-        self, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Every ``CurrentPosition`` message (typed: :class:`CurrentPosition`)."""
-        return self._on("positions", handler, thread)
-
-    @overload
-    def on_quote_alert(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
-    @overload
-    def on_quote_alert(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_quote_alert(
-        self, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Your quote alerts (subscribes them; typed: :class:`QuoteAlert`)."""
-        return self._on("quote_alerts", handler, thread)
-
-    @overload
-    def on_watchlist(self, handler: None = None, *, thread: bool = False) -> Callable[[H], H]: ...
-    @overload
-    def on_watchlist(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_watchlist(
-        self, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Public watchlist changes (subscribes them; typed: :class:`Watchlist`)."""
-        return self._on("watchlists", handler, thread)

@@ -21,12 +21,14 @@ from agentstream.protocols.tradier import LIVE_URL, SANDBOX_URL, TradierProtocol
 if TYPE_CHECKING:
     import logging
     import ssl as _ssl
+    from collections.abc import Mapping
     from datetime import datetime
 
+    from agentstream.protocols.base import Kind
     from agentstream.tradier.models import TradierOrder
     from agentstream.tradier.rest import TradierREST
 
-__all__ = ["TradierStream"]
+__all__ = ["TradierHandlers", "TradierStream"]
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -165,7 +167,41 @@ class _EnrichSink(SinkBase):
             push(event)
 
 
-class TradierStream(StreamClient):
+class TradierHandlers:
+    """Tradier's decorators, for any client that registers handlers (the stream, and
+    the bus consumer that reads the same events from Redis)."""
+
+    if TYPE_CHECKING:
+        _kinds: Mapping[str, Kind]
+
+        def _register(
+            self, channel: Channel, handler: H | None, *, thread: bool, partial: bool = False
+        ) -> H | Callable[[H], H]: ...
+
+    @overload
+    def on_order_update(
+        self, handler: None = None, *, thread: bool = False
+    ) -> Callable[[H], H]: ...
+    @overload
+    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
+    def on_order_update(
+        self, handler: H | None = None, *, thread: bool = False
+    ) -> H | Callable[[H], H]:
+        """Call ``handler`` with every order event of the account(s), in the order received.
+
+        A plain handler gets a ``dict`` of the event's own fields (numbers as JSON gives
+        them), one annotated with :class:`TradierOrder` the typed event. Heartbeats never
+        reach it (they count in ``ws.stats.heartbeats``).
+
+        Example:
+            >>> @ws.on_order_update()
+            ... async def on_fill(o: TradierOrder):
+            ...     print(o.id, o.status, o.exec_quantity)
+        """
+        return self._register(Channel.of(self._kinds["orders"]), handler, thread=thread)
+
+
+class TradierStream(StreamClient, TradierHandlers):
     """A supervised Tradier account events stream with decorator-registered handlers.
 
     A fresh REST session before every socket (a session id is used once), server
@@ -292,28 +328,6 @@ class TradierStream(StreamClient):
     async def _close_extras(self) -> None:
         if self._rest is not None:
             await self._rest.aclose_on_this_loop()
-
-    @overload
-    def on_order_update(
-        self, handler: None = None, *, thread: bool = False
-    ) -> Callable[[H], H]: ...
-    @overload
-    def on_order_update(self, handler: H, *, thread: bool = False) -> H: ...
-    def on_order_update(
-        self, handler: H | None = None, *, thread: bool = False
-    ) -> H | Callable[[H], H]:
-        """Call ``handler`` with every order event of the account(s), in the order received.
-
-        A plain handler gets a ``dict`` of the event's own fields (numbers as JSON gives
-        them), one annotated with :class:`TradierOrder` the typed event. Heartbeats never
-        reach it (they count in ``ws.stats.heartbeats``).
-
-        Example:
-            >>> @ws.on_order_update()
-            ... async def on_fill(o: TradierOrder):
-            ...     print(o.id, o.status, o.exec_quantity)
-        """
-        return self._register(Channel.of(self._kinds["orders"]), handler, thread=thread)
 
     # -- enrichment ----------------------------------------------------------------
 
