@@ -290,6 +290,9 @@ class StreamClient:
         self._first_connected = asyncio.Event()
         self._stop_requested = False
         self._active = False
+        #: A run (connect(), run_forever(), async with) has claimed the client; set and
+        #: checked under _lock so that two runs starting at once cannot both go on.
+        self._run_claimed = False
         self._finished = threading.Event()
         self._finished.set()
         self._portal: anyio.from_thread.BlockingPortal | None = None
@@ -429,6 +432,7 @@ class StreamClient:
                 self._explicit.pop(ch.key, None)
                 for slot in self._slots.pop(ch.key, []):
                     slot.stopped = True  # its worker is cancelled by _sync, on the loop
+                    slot.retire()
         self._schedule_reconcile()
 
     def remove_handler(self, handler: Callable[..., Any]) -> int:
@@ -451,6 +455,7 @@ class StreamClient:
                         or getattr(fn, "__wrapped__", None) is handler
                     ):
                         slot.stopped = True  # its worker is cancelled by _sync, on the loop
+                        slot.retire()
                         removed += 1
                     else:
                         keep.append(slot)
@@ -626,7 +631,7 @@ class StreamClient:
             async with anyio.from_thread.BlockingPortal() as portal:
                 self._portal = portal
                 try:
-                    await self._run(raise_fatal=False)
+                    await self._run(raise_fatal=False, claimed=True)
                 except AgentStreamError:
                     pass  # kept in self._fatal, raised below outside the portal's task group
                 finally:
@@ -643,16 +648,16 @@ class StreamClient:
                 "code use `await ws.connect()` (or `async with ws:`), or call run_forever() "
                 "in a thread"
             )
-        if not self._finished.is_set():
-            # Checked here, before _active is touched: a second run_forever() must not
-            # mark the running client inactive when it ends (stop() would then return
-            # True at once and leave the first run going).
-            raise RuntimeError("this client is already running")
+        # Claimed here, before _active is touched: a second run_forever() must not mark
+        # the running client inactive when it ends (stop() would then return True at
+        # once and leave the first run going).
+        self._claim()
         self._active = True  # so that a stop() from another thread is not lost meanwhile
         try:
             anyio.run(main)
         finally:
             self._active = False
+            self._release_claim()
         if self._fatal is not None:
             raise self._fatal
 
@@ -757,8 +762,8 @@ class StreamClient:
                     return
                 yield event
         finally:
-            slot.retire()
             with self._lock:
+                slot.retire()
                 self._listen_slots.discard(slot)
                 if channel is not None:
                     slots = self._slots.get(channel.key, [])
@@ -799,9 +804,10 @@ class StreamClient:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
         raise_fatal: bool = True,
         warn_empty: bool = True,
+        claimed: bool = False,
     ) -> None:
-        if not self._finished.is_set():
-            raise RuntimeError("this client is already running")
+        if not claimed:
+            self._claim()
         self._active = True
         self._finished.clear()
         self._loop = asyncio.get_running_loop()
@@ -854,6 +860,8 @@ class StreamClient:
             self._stop_requested = False
             self._active = False
             self._finished.set()
+            if not claimed:
+                self._release_claim()
             self._done.set()
             self._wake_listeners()
         fatal = self._fatal_error()
@@ -901,6 +909,16 @@ class StreamClient:
                 await self._stop_event.wait()
             tg.cancel_scope.cancel()
         return started
+
+    def _claim(self) -> None:
+        with self._lock:
+            if self._run_claimed or not self._finished.is_set():
+                raise RuntimeError("this client is already running")
+            self._run_claimed = True
+
+    def _release_claim(self) -> None:
+        with self._lock:
+            self._run_claimed = False
 
     def _fatal_error(self) -> BaseException | None:
         return self._fatal  # set by a link task while _run awaited
@@ -975,6 +993,8 @@ class StreamClient:
             registered = {s for v in self._slots.values() for s in v}
         for slot in [s for s in self._running_slots if s not in registered]:
             slot.cancel()
+            with self._lock:
+                slot.retire()  # what it conflated since it was removed
             self._running_slots.discard(slot)
         self._wake_listeners(stopped_only=True)  # an unsubscribed listen() ends
         for slot in new_slots:
@@ -1459,6 +1479,13 @@ class StreamClient:
             slots = [s for v in self._slots.values() for s in v] + [
                 s for v in self._kind_listeners.values() for s in v
             ]
+            # Under the lock, as Slot.retire: a removed handler's count is read either
+            # in its slot or in the client's dict, never in both nor in neither.
+            conflated = dict(self._conflated)  # of removed handlers
+            for slot in slots:
+                n = slot.conflated
+                if n:
+                    conflated[slot.key] = conflated.get(slot.key, 0) + n
         router = self._router
         times = [lk.last_frame_at for lk in self._links if lk.last_frame_at]
         if router.last_frame_at is not None:
@@ -1468,11 +1495,6 @@ class StreamClient:
         queued: dict[str, int] = {}
         for slot in slots:
             queued[slot.key] = queued.get(slot.key, 0) + len(slot.queue)
-        conflated = dict(self._conflated)  # of removed handlers
-        for slot in slots:
-            n = slot.conflated
-            if n:
-                conflated[slot.key] = conflated.get(slot.key, 0) + n
         return Stats(
             state=self._state,
             connections=sum(1 for lk in self._links if lk.conn is not None),

@@ -13,9 +13,10 @@ the reader, until one of them suspends (it goes back to its own worker at once, 
 holding up the others) or their calls turn slow.
 
 A ticker (or in-progress candle) handler that falls behind gets the newest event of
-each symbol, never a backlog older than it: its queue (``LatestQueue``) holds at most one
-pending event per symbol (and interval), replaced in place by newer ones, which are
-counted as conflated. Registered with ``every=True`` it keeps every event instead, up to
+each symbol, never a backlog older than it: once its queue (``LatestQueue``) has not been
+empty for 5 ms, it holds at most one pending event per symbol (and interval), replaced in
+place by newer ones, which are counted as conflated; a handler that keeps up gets every
+event. Registered with ``every=True`` it keeps every event instead, up to
 its ``max_queue``, beyond which older events of the same symbol are conflated as well.
 Order updates, portfolio snapshots and closed candles are never dropped.
 """
@@ -54,6 +55,10 @@ _MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and
 #: takes the newest event, a fast one still amortises the thread hop over many.
 _THREAD_BATCH_S = 0.005
 _THREAD_BATCH_MAX = 1024
+#: A conflated kind's handler whose queue has not been empty for this long is behind: it
+#: gets the newest event per symbol from then on, until its queue is empty again.
+_BEHIND_S = 0.005
+_monotonic = time.monotonic
 
 
 def _reraise(exc: BaseException) -> None:
@@ -149,25 +154,26 @@ def conflation_key_for(kind: Kind) -> Callable[[Any], object] | None:
     return key
 
 
-class _Barrier:
-    """The key of an event that is never replaced (a closed candle, a malformed event)."""
-
-    __slots__ = ()
-
-
 class LatestQueue:
-    """A handler's queue that keeps only the newest pending event per symbol.
+    """A handler's queue that, once the handler is behind, keeps only the newest pending
+    event per symbol.
 
     It has the operations of a ``deque`` that the workers use (``append``, ``popleft``,
     ``clear``, ``len``, iteration), so every way a handler is run reads it unchanged.
-    An event whose conflation key (symbol, or symbol and interval) is already pending
-    replaces that event in place, keeping its turn, and is counted in ``conflated``.
-    An event with no key (a closed candle, or one of the wrong shape) is kept, and is a
-    barrier: later events of a symbol queue behind it rather than replace one before it,
-    so a closed candle is never overtaken by the next candle's updates.
+
+    A handler that keeps up gets every event: the queue empties between its turns, and
+    events queue one after the other, as in a ``deque``. A handler is *behind* once its
+    queue has not been empty for ``behind_after`` seconds (5 ms: longer than the reader's
+    turns, so a handler that merely waited for the reader is not behind). From then until
+    the queue is empty again, the older pending events of each symbol (or symbol and
+    interval) are dropped, and a newer event replaces the pending one in place, keeping
+    its turn; each one dropped is counted in ``conflated``. An event with no key (a
+    closed candle, or one of the wrong shape) is always kept and is a barrier: later
+    events of a symbol queue behind it rather than replace one before it, so a closed
+    candle is never overtaken by the next candle's updates.
 
     Example:
-        >>> q = LatestQueue(lambda ev: ev["symbol"])
+        >>> q = LatestQueue(lambda ev: ev["symbol"], behind_after=0.0)
         >>> for price in (1, 2, 3):
         ...     q.append({"symbol": "BTCUSDT", "price": price})
         >>> q.append({"symbol": "ETHUSDT", "price": 9})
@@ -175,28 +181,66 @@ class LatestQueue:
         ([3, 9], 2)
     """
 
-    __slots__ = ("_d", "_epoch", "_key", "conflated")
+    __slots__ = ("_behind", "_d", "_key", "_newest", "_seq", "_since", "behind_after", "conflated")
 
-    def __init__(self, key_of: Callable[[Any], object]) -> None:
-        self._d: OrderedDict[object, Any] = OrderedDict()
+    def __init__(self, key_of: Callable[[Any], object], behind_after: float = _BEHIND_S) -> None:
+        #: Pending events by a token (an int, increasing; never reused).
+        self._d: OrderedDict[int, Any] = OrderedDict()
         self._key = key_of
-        #: Barriers so far in the pending events: keys after one are (epoch, key).
-        self._epoch = 0
+        #: The token of each symbol's newest pending event since the last barrier.
+        self._newest: dict[object, int] = {}
+        self._seq = 0
+        #: When the queue last went from empty to not empty.
+        self._since = 0.0
+        self._behind = False
+        self.behind_after = behind_after
         self.conflated = 0
 
     def append(self, event: Any) -> None:
         d = self._d
         key = self._key(event)
+        if not d:
+            self._since = _monotonic()
+            self._behind = False
+            if self._newest:
+                self._newest.clear()
+        elif not self._behind and _monotonic() - self._since >= self.behind_after:
+            d = self._collapse()
+        newest = self._newest
         if key is None:
-            d[_Barrier()] = event
-            self._epoch += 1
+            self._seq += 1
+            d[self._seq] = event
+            newest.clear()  # a barrier: nothing after it replaces anything before it
             return
-        if self._epoch:
-            key = (self._epoch, key)
-        n = len(d)
-        d[key] = event
-        if len(d) == n:
-            self.conflated += 1
+        if self._behind:
+            token = newest.get(key)
+            if token is not None and token in d:
+                d[token] = event
+                self.conflated += 1
+                return
+        self._seq += 1
+        d[self._seq] = event
+        newest[key] = self._seq
+
+    def _collapse(self) -> OrderedDict[int, Any]:
+        """The handler fell behind: keep the newest pending event per symbol."""
+        self._behind = True
+        key_of = self._key
+        kept: list[tuple[int, Any]] = []
+        seen: set[object] = set()
+        for token, event in reversed(self._d.items()):
+            key = key_of(event)
+            if key is None:
+                seen = set()  # a barrier: events before it are another segment
+            elif key in seen:
+                self.conflated += 1
+                continue
+            else:
+                seen.add(key)
+            kept.append((token, event))
+        kept.reverse()
+        self._d = d = OrderedDict(kept)
+        return d
 
     def extend(self, events: Any) -> None:
         for event in events:
@@ -204,14 +248,14 @@ class LatestQueue:
 
     def popleft(self) -> Any:
         d = self._d
-        event = d.popitem(last=False)[1]
-        if not d:
-            self._epoch = 0
-        return event
+        if len(d) > 1 and not self._behind and _monotonic() - self._since >= self.behind_after:
+            # Waited this long with no newer event to notice it: the handler is behind.
+            d = self._collapse()
+        return d.popitem(last=False)[1]
 
     def clear(self) -> None:
         self._d.clear()
-        self._epoch = 0
+        self._newest.clear()
 
     def __len__(self) -> int:
         return len(self._d)
@@ -348,7 +392,12 @@ class Slot:
         return channel if isinstance(channel, str) else channel.key
 
     def retire(self) -> None:
-        """Removed: add this slot's conflation count to the client's (once)."""
+        """Removed: add this slot's conflation count to the client's (once).
+
+        Called under the client's lock as the slot leaves the registry (``ws.stats``
+        reads both under it, so the total never goes down), and again once it is
+        cancelled, for what it conflated in between.
+        """
         n = self.conflated
         into = self.conflated_into
         if n and into is not None:
@@ -513,10 +562,12 @@ class Slot:
                     continue
                 if self.thread:
                     latest = type(q) is LatestQueue
-                    if latest and len(q) > self.thread_batch:
+                    if latest:
                         # Only what the handler gets through in about _THREAD_BATCH_S:
                         # the rest stays queued, where newer events replace it.
-                        batch = [q.popleft() for _ in range(self.thread_batch)]
+                        batch: list[Any] = []
+                        while q and len(batch) < self.thread_batch:
+                            batch.append(q.popleft())
                     else:
                         batch = list(q)
                         q.clear()
@@ -636,7 +687,6 @@ class Slot:
     def cancel(self) -> None:
         self.stopped = True
         self.direct = False
-        self.retire()
         runner = self.runner
         if self.shared and runner is not None:
             if runner.serving is self and runner.task is not asyncio.current_task():

@@ -58,10 +58,11 @@ class AgentExchangeHandlers:
         :class:`Ticker` if its first parameter is annotated so. ``thread=True`` runs a
         sync handler in a worker thread, so it may block without stalling the stream.
 
-        A handler that falls behind gets the newest trade of each symbol, never a
+        A handler that keeps up gets every trade. One that falls behind (its queue not
+        empty for 5 ms) gets the newest trade of each symbol from then on, never a
         backlog older than it (the ones it skipped count in ``ws.stats.conflated``).
-        ``every=True`` keeps every trade instead, up to the client's ``queue_size``
-        per handler.
+        ``every=True`` keeps every trade whatever happens, up to the client's
+        ``queue_size`` per handler.
 
         Example:
             >>> @ws.on_ticker("BTCUSDT")

@@ -6,7 +6,10 @@ simulated exchange, once as by default (it gets the newest event per symbol) and
 ``every=True`` (every event waits its turn: what every handler got before). For each call
 the age is the time since the reader received that event (a fast handler registered
 first stamps each event as it arrives). Prints p50 / p99 / max age, the calls made and
-the events conflated, per case, side by side.
+the events conflated, per case, side by side. It also counts, for each call, how many
+newer events of the same symbol had already arrived: 0 means the handler got the newest
+price there was (the simulated exchange sends in bursts about every 20 ms, so with a 20 ms
+handler the newest price is often that old).
 
     python -m bench staleness [--seconds 5] [--rate 4000] [--work-ms 20]
 """
@@ -33,19 +36,24 @@ async def one_case(
     url: str, symbol: str, kind: str, every: bool, seconds: float, work_s: float
 ) -> dict[str, Any]:
     ws = AgentExchangeWS(DEMO_API_KEY, url)
-    arrived: dict[int, float] = {}
+    arrived: dict[int, tuple[float, int]] = {}
+    per_symbol: dict[str, int] = {}
     keep: list[Any] = []  # keeps the events alive so their ids are not reused
     ages: list[float] = []
+    newer: list[float] = []
     measuring = False
 
     def stamp(data: Any) -> None:
-        arrived[id(data)] = time.monotonic()
+        sym = data["symbol"]
+        n = per_symbol[sym] = per_symbol.get(sym, 0) + 1
+        arrived[id(data)] = (time.monotonic(), n)
         keep.append(data)
 
     def record(data: Any) -> None:
-        t = arrived.get(id(data))
-        if measuring and t is not None:
-            ages.append(time.monotonic() - t)
+        got = arrived.get(id(data))
+        if measuring and got is not None:
+            ages.append(time.monotonic() - got[0])
+            newer.append(per_symbol[data["symbol"]] - got[1])
 
     def blocking(data: Any) -> None:
         record(data)
@@ -76,6 +84,7 @@ async def one_case(
     await task
     return {
         "ages": ages,
+        "newer": newer,
         "calls": len(ages),
         "received": len(keep),
         "conflated": stats.conflated,
@@ -89,7 +98,10 @@ async def run(args: argparse.Namespace) -> None:
             f"(sync on the loop: {args.work_ms / 20} ms), {args.seconds} s per case\n"
         )
         head = f"{'subscription':<12} {'handler':<8} {'queue':<14}"
-        print(f"{head} {'p50 age':>9} {'p99 age':>9} {'max age':>9} {'calls':>7} {'conflated':>10}")
+        print(
+            f"{head} {'p50 age':>9} {'p99 age':>9} {'max age':>9} {'newer p50/p99':>14} "
+            f"{'calls':>7} {'conflated':>10}"
+        )
         for symbol in ("BTCUSDT", "all"):
             for kind in ("thread", "async", "sync"):
                 for every in (True, False):
@@ -102,6 +114,7 @@ async def run(args: argparse.Namespace) -> None:
                         f"{symbol:<12} {kind:<8} {label:<14} "
                         f"{_pct(ages, 0.5) * 1000:>7.1f}ms {_pct(ages, 0.99) * 1000:>7.1f}ms "
                         f"{(max(ages) if ages else float('nan')) * 1000:>7.1f}ms "
+                        f"{_pct(r['newer'], 0.5):>6.0f} / {_pct(r['newer'], 0.99):<5.0f} "
                         f"{r['calls']:>7} {r['conflated']:>10}",
                         flush=True,
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from agentstream import (
@@ -605,6 +607,38 @@ def test_a_second_run_forever_while_running_raises_and_stop_still_stops_the_firs
     assert not first.is_alive()
 
 
+def test_two_run_forever_started_at_once_one_runs_the_other_raises(threaded_sim: str) -> None:
+    # Both calls pass the "is it running?" check together unless claiming is atomic: the
+    # loser then failed inside its loop (an exception group) and, on its way out, marked
+    # the live client inactive, so stop() returned True while the first run went on.
+    for _ in range(20):
+        ws = AgentExchangeWS(DEMO_API_KEY, threaded_sim, **FAST)
+        ws.on_ticker("BTCUSDT", lambda d: None)
+        start = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def run(ws: AgentExchangeWS, start: threading.Barrier, errors: list[BaseException]) -> None:
+            start.wait()
+            try:
+                ws.run_forever()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=run, args=(ws, start, errors), daemon=True) for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [type(e) for e in errors] == [RuntimeError], errors
+        assert ws.stop() is True
+        for t in threads:
+            t.join(2)
+        assert not any(t.is_alive() for t in threads), "stop() left a run going"
+
+
 async def test_listen_all_tickers_gets_each_trade_once(sim: SimExchange) -> None:
     ws = make_client(sim)
     ws.on_ticker("all", lambda d: None)
@@ -730,7 +764,6 @@ async def test_a_slow_ticker_handler_gets_the_newest_price_not_a_backlog(mode: s
             for _ in range(20):
                 await anyio.sleep(0.02)
                 backlog.append(ws.stats.queued)
-            n_seen = len(seen)
             newest_seen = seen[-1]
         # The event the slow handler got last: how many ticks had arrived after it when
         # the test looked, against how many it would be behind with a backlog.
@@ -740,12 +773,14 @@ async def test_a_slow_ticker_handler_gets_the_newest_price_not_a_backlog(mode: s
             - next(i for i in range(len(received) - 1, -1, -1) if received[i] is newest_seen)
         )
         if mode == "every":
-            assert max(backlog) > 20  # the backlog grows: every tick waits its turn
+            assert backlog[-1] >= backlog[0] + 50  # the backlog grows: every tick waits
             assert ws.stats.conflated == 0
         else:
-            assert max(backlog) <= 2  # one pending BTCUSDT tick (plus one being read)
+            # At most what one burst from the server holds (the handler is not "behind"
+            # until its queue has waited 5 ms), never a growing backlog.
+            assert max(backlog) <= 60
             assert ws.stats.conflated > 0
-            assert behind < len(received) - n_seen  # fresher than a backlog would be
+            assert behind <= 60  # what it got last was among the newest ticks
 
 
 async def test_sync_handler_added_and_readded_mid_run_gets_events(sim: SimExchange) -> None:
@@ -1048,3 +1083,50 @@ async def test_an_error_in_an_async_with_block_propagates_as_itself(sim: SimExch
         async with ws:
             raise KeyError("mine")
     assert ws.stats.state == "stopped"
+
+
+async def test_conflated_never_goes_down_for_a_reader_in_another_thread() -> None:
+    # ws.stats.conflated is a counter (Prometheus reads a decrease as a reset): a handler
+    # removed while another thread reads the stats must move its count to the client's
+    # total atomically, not after the reader stopped seeing it in its slot.
+    async with SimExchange(tick_rate=2000, speed=120) as s:
+        ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST)
+        release = anyio.Event()
+
+        async def keep(data: dict[str, Any]) -> None:
+            await release.wait()
+
+        ws.on_ticker("BTCUSDT", keep)
+        done = threading.Event()
+        drops: list[tuple[int, int]] = []
+
+        def reader() -> None:
+            last = 0
+            while not done.is_set():
+                value = ws.stats.conflated
+                if value < last:
+                    drops.append((last, value))
+                last = max(last, value)
+
+        async with running(ws):
+            await wait_for(lambda: ws.stats.conflated >= 5, what="conflation")
+            thread = threading.Thread(target=reader, daemon=True)
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(1e-6)  # let the reader run between any two bytecodes
+            thread.start()
+            try:
+                for _ in range(80):
+
+                    async def stuck(data: dict[str, Any]) -> None:
+                        await release.wait()
+
+                    ws.on_ticker("BTCUSDT", stuck)
+                    await anyio.sleep(0.03)  # a few of the sim's bursts: some conflated
+                    ws.remove_handler(stuck)
+                    await anyio.lowlevel.checkpoint()
+            finally:
+                done.set()
+                thread.join(5)
+                sys.setswitchinterval(switch)
+                release.set()
+        assert drops == []

@@ -11,6 +11,7 @@ import ast
 import asyncio
 import random
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -41,7 +42,7 @@ from agentstream import (
     StreamConnectionError,
     Ticker,
 )
-from agentstream._dispatch import Slot, conflation_key_for
+from agentstream._dispatch import LatestQueue, Slot, conflation_key_for
 from agentstream._dispatch import first_param_model as _first_param_model
 from agentstream._redact import mask_secret, mask_url
 from agentstream.protocols import agentexchange as proto
@@ -846,8 +847,39 @@ def _tick(seq: int, symbol: str) -> dict[str, Any]:
     return {"symbol": symbol, "price": str(seq), "seq": seq}
 
 
-def test_slot_keeps_only_the_newest_pending_event_per_symbol() -> None:
+def behind(slot: Slot) -> Slot:
+    """The slot's handler counts as behind as soon as one event waits (not after 5 ms)."""
+    assert isinstance(slot.queue, LatestQueue)
+    slot.queue.behind_after = 0.0
+    return slot
+
+
+def test_slot_of_a_handler_that_keeps_up_queues_every_event() -> None:
+    slot = make_slot(Channel.ticker("BTCUSDT"), lambda d: None, model=None)
+    for seq in range(5):  # one read's worth: the handler has had no turn yet
+        slot.push(_tick(seq, "BTCUSDT"))
+    assert [ev["seq"] for ev in slot.queue] == [0, 1, 2, 3, 4]
+    assert slot.conflated == 0
+
+
+def test_slot_behind_for_5_ms_keeps_the_newest_per_symbol_from_then_on() -> None:
     slot = make_slot(Channel.ticker("all"), lambda d: None, model=None)
+    for seq in range(4):
+        slot.push(_tick(seq, "AUSDT" if seq % 2 else "BUSDT"))
+    time.sleep(0.006)  # the queue has not been empty for more than 5 ms
+    slot.push(_tick(4, "BUSDT"))
+    # The older pending events of each symbol went; 4 replaced B's newest in place.
+    assert [ev["seq"] for ev in slot.queue] == [4, 3]
+    assert slot.conflated == 3
+    while slot.queue:
+        slot.queue.popleft()
+    for seq in range(5, 8):  # empty again: not behind any more
+        slot.push(_tick(seq, "BUSDT"))
+    assert [ev["seq"] for ev in slot.queue] == [5, 6, 7]
+
+
+def test_slot_keeps_only_the_newest_pending_event_per_symbol() -> None:
+    slot = behind(make_slot(Channel.ticker("all"), lambda d: None, model=None))
     symbols = ["AUSDT", "BUSDT", "CUSDT"]
     for seq in range(11):
         slot.push(_tick(seq, symbols[seq % 3]))
@@ -860,7 +892,7 @@ def test_slot_keeps_only_the_newest_pending_event_per_symbol() -> None:
 
 
 def test_slot_keeps_every_symbol_it_saw() -> None:
-    slot = make_slot(Channel.ticker("all"), lambda d: None, model=Ticker)
+    slot = behind(make_slot(Channel.ticker("all"), lambda d: None, model=Ticker))
     ts = datetime(2026, 1, 1, tzinfo=UTC)
     for seq in range(3000):
         slot.push(Ticker(symbol=f"S{seq % 700}USDT", price=Decimal(seq + 1), timestamp=ts))
@@ -871,7 +903,9 @@ def test_slot_keeps_every_symbol_it_saw() -> None:
 
 
 def test_slot_closed_candle_is_never_overtaken_by_the_next_candles_updates() -> None:
-    slot = make_slot(Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, partial=True)
+    slot = behind(
+        make_slot(Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, partial=True)
+    )
     for ev in [_candle(0, False), _candle(1, False), _candle(2, True), _candle(3, False)]:
         slot.push(ev)
     slot.push(_candle(4, False))
@@ -1516,6 +1550,8 @@ def test_hostile_dict_events_never_make_conflation_raise() -> None:
         slot = make_slot(
             Channel.ticker("all"), lambda d: None, model=None, max_queue=4, every=every
         )
+        if not every:
+            behind(slot)
         for i in range(20):
             slot.push({"symbol": [i], "interval": {"x": i}})
             slot.push({"symbol": f"S{i % 3}"})
