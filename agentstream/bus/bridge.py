@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import time
@@ -173,6 +174,8 @@ class Bridge:
             raise ConfigurationError("health_ttl must be longer than health_interval")
         if not prefix or any(c.isspace() for c in prefix):
             raise ConfigurationError(f"invalid prefix {prefix!r}")
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigurationError("the bridge needs redis-py: pip install 'agentstream[redis]'")
         if not isinstance(url, str) or "://" not in url:
             raise ConfigurationError("url must be a Redis URL such as redis://127.0.0.1:6379/0")
         self.log = logger or logging.getLogger("agentstream.bridge")
@@ -225,6 +228,8 @@ class Bridge:
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._running = False
+        #: The writer reached Redis and its last write did not fail.
+        self._up = False
 
         self.channels = self._register(channels)
         client.on_gap(self._on_gap)
@@ -454,12 +459,12 @@ class Bridge:
         wake = self._wake
         assert wake is not None
         backoff = Backoff(initial=self._backoff[0], maximum=self._backoff[1])
-        up = False
+        self._up = False
         while True:
-            if not up:
+            if not self._up:
                 try:
                     await self._reconnected()
-                    up = True
+                    self._up = True
                 except Unavailable as exc:
                     self._down(exc)
                     if self._stopping and self._flush_timeout <= 0:
@@ -483,7 +488,7 @@ class Bridge:
                 self._unsure = [i for i in batch if i is not report]
                 self._unreport(report)
                 self._down(exc)
-                up = False
+                self._up = False
                 await self._sleep(backoff.next())
                 continue
             self._written_ok(result.written, report)
@@ -493,7 +498,7 @@ class Bridge:
                 self._outbox.give_back(i for i in result.retry if i is not report)
                 self._unreport(report if report in result.retry else None)
                 self._down(Unavailable(f"{len(result.retry)} entries refused for now"))
-                up = False
+                self._up = False
                 await self._sleep(backoff.next())
                 continue
             backoff.reset()
@@ -514,6 +519,9 @@ class Bridge:
                     "%d entries of the batch interrupted were written after all", len(found)
                 )
             self._unsure = []
+        self._back()
+
+    def _back(self) -> None:
         if self._state == "redis_down":
             self.log.warning("Redis %s is back", mask_redis_url(self._url))
             self._state = "stopping" if self._stopping else "running"
@@ -660,8 +668,10 @@ class Bridge:
             try:
                 run_id = await self._writer.health(self._health_fields(), self._health_ttl)
                 await self._check_restart(run_id)
-            except Unavailable:
-                pass  # the writer sees it too, and says so
+                if self._up:
+                    self._back()  # else the writer reconnects and says so
+            except Unavailable as exc:
+                self._down(exc)
             except Exception:  # never let the health hash end the bridge
                 self.log.exception("could not write the bridge's health hash")
             await anyio.sleep(self._health_interval)
@@ -674,6 +684,7 @@ class Bridge:
             >>> print(bridge.stats.written, bridge.stats.conflated, bridge.stats.lost)
         """
         outbox = self._outbox
+        last = self._last_write
         lost = dict(self._lost)
         for ch, n in outbox.dropped.items():
             lost[ch] = lost.get(ch, 0) + n
@@ -695,7 +706,7 @@ class Bridge:
             redis_errors=self._redis_errors,
             redis_restarts=self._restarts,
             redis_data_lost=self._data_lost,
-            last_write_age=None if self._last_write is None else time.monotonic() - self._last_write,
+            last_write_age=None if last is None else time.monotonic() - last,
         )
 
 
