@@ -338,8 +338,11 @@ async def test_redis_down_at_the_start_is_waited_for() -> None:
         try:
             bridge = Bridge(ae(sim), server.url, channels=["ticker:BTCUSDT"], **QUICK)
             async with bridging(bridge):
-                await wait_for(lambda: bridge.stats.redis_errors >= 3, what="retries")
-                assert bridge.stats.written == 0 and bridge.stats.received > 0
+                await wait_for(
+                    lambda: bridge.stats.redis_errors >= 3 and bridge.stats.received > 0,
+                    what="retries while events arrive",
+                )
+                assert bridge.stats.written == 0 and bridge.stats.state == "redis_down"
                 server.start()
                 await wait_for(lambda: bridge.stats.written > 0, what="writes")
         finally:
