@@ -10,6 +10,9 @@ Benchmarks:
                    soak, the secret audit (see docs/reliability.md)
     sim_firehose   messages per second the simulated exchange's firehose delivers to a
                    bare aiohttp client
+    bus            the Redis bridge: events/s sustained into Redis from the firehose,
+                   CPU, conflation; latency send -> Redis -> a reader at fixed rates
+                   (see docs/scale-out.md)
 
 Examples:
     python -m bench                                    # the full comparison
@@ -17,6 +20,7 @@ Examples:
     python -m bench --json /tmp/bench.json --check     # save raw results; exit 1 on a miss
     python -m bench reliability --quick                # every figure, shorter
     python -m bench sim_firehose --seconds 5
+    python -m bench bus --seconds 10 --rates 1000,10000
 
 ``python -m bench compare --help`` lists every option.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ("compare", "reliability", "sim_firehose")
+BENCHMARKS = ("compare", "reliability", "sim_firehose", "bus")
 
 
 def main(argv: list[str]) -> int:

@@ -61,6 +61,30 @@ def mask_redis_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, ""))
 
 
+def _transient(exc: Exception) -> bool:
+    """An error reply that means "not now" (redis-py maps some to classes, without the
+    code in the text)."""
+    import redis.exceptions as rexc
+
+    return isinstance(
+        exc,
+        rexc.OutOfMemoryError
+        | rexc.ReadOnlyError
+        | rexc.BusyLoadingError
+        | rexc.MasterDownError
+        | rexc.TryAgainError
+        | rexc.ClusterDownError,
+    ) or str(exc).startswith(_TRANSIENT)
+
+
+def _pack(args: list[bytes]) -> bytes:
+    """One command in RESP: ``*N`` then ``$len`` + each argument."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
 class RedisWriter:
     """Appends the bridge's batches to Redis streams (``XADD ... MAXLEN ~ N``).
 
@@ -131,7 +155,11 @@ class RedisWriter:
         return bool(await self._call(self._client().exists(self.channels_key)))
 
     async def write(self, items: Sequence[Item]) -> WriteResult:
-        """Append ``items`` in one pipelined round trip (and add new channel keys).
+        """Append ``items`` in one round trip (and add new channel keys to the set).
+
+        The commands are packed here (``XADD key MAXLEN ~ N * field value ...``) and sent
+        at once on one of redis-py's connections: redis-py's own pipeline costs about
+        twice as much per entry. An error reply concerns its entry only.
 
         Raises:
             Unavailable: the batch did not reach the server, or its answers did not come
@@ -139,14 +167,37 @@ class RedisWriter:
         """
         import redis.exceptions as rexc
 
-        pipe = self._client().pipeline(transaction=False)
         new = {i.channel for i in items if i.type not in (GAP, LOSS)} - self.known
+        chunks: list[bytes] = []
         if new:
-            pipe.sadd(self.channels_key, *sorted(new))
-        maxlen = self.maxlen
+            chunks.append(_pack([b"SADD", self.channels_key.encode(), *map(str.encode, new)]))
+        head = [b"XADD", b"", b"MAXLEN", b"~", str(self.maxlen).encode(), b"*"]
         for item in items:
-            pipe.xadd(item.stream, item.encode(), maxlen=maxlen, approximate=True)
-        answers = await self._call(pipe.execute(raise_on_error=False))
+            head[1] = item.stream.encode()
+            fields = item.encode()
+            args = head + [x for k, v in fields.items() for x in (k.encode(), v)]
+            chunks.append(_pack(args))
+        pool = self._client().connection_pool
+        try:
+            conn = await pool.get_connection()
+        except (rexc.RedisError, OSError) as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        answers: list[Any] = []
+        try:
+            await conn.send_packed_command(b"".join(chunks), check_health=False)
+            for _ in range(len(chunks)):
+                try:
+                    answers.append(await conn.read_response(disable_decoding=True))
+                except rexc.ResponseError as exc:  # this entry's error; the reply was read
+                    answers.append(exc)
+        except (rexc.RedisError, OSError) as exc:
+            await conn.disconnect(nowait=True)  # replies may be unread: never reuse it
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
         if new:
             first, answers = answers[0], answers[1:]
             if not isinstance(first, Exception):
@@ -155,9 +206,7 @@ class RedisWriter:
         for item, answer in zip(items, answers, strict=True):
             if not isinstance(answer, Exception):
                 result.written.append(item)
-            elif isinstance(answer, rexc.ConnectionError | rexc.TimeoutError) or str(
-                answer
-            ).startswith(_TRANSIENT):
+            elif _transient(answer):
                 result.retry.append(item)
             else:
                 result.rejected.append((item, f"{type(answer).__name__}: {answer}"))

@@ -616,13 +616,7 @@ class Bridge:
             "bridge_lost_total": sum(self._lost.values()) + sum(self._outbox.dropped.values()),
             "bridge_conflated_total": sum(self._outbox.conflated.values()),
         }
-        self.log.warning(
-            "bridge loss report: %s",
-            "; ".join(
-                f"{reason}: " + ", ".join(f"{ch}={n}" for ch, n in sorted(chs.items()))
-                for reason, chs in sorted(reasons.items())
-            ),
-        )
+        self.log.warning("bridge loss report: %s", _summary(reasons))
         return Item(self._gaps_stream, LOSS, "loss", payload, self._stamp())
 
     def _unreport(self, report: Item | None) -> None:
@@ -708,6 +702,20 @@ class Bridge:
             redis_data_lost=self._data_lost,
             last_write_age=None if last is None else time.monotonic() - last,
         )
+
+
+def _summary(reasons: dict[str, dict[str, int]], top: int = 3) -> str:
+    """``conflated: 5120 on 3 channels (ticker:BTCUSDT=4000, ...)``: short, for a log line."""
+    parts = []
+    for reason, chs in sorted(reasons.items()):
+        worst = sorted(chs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        more = ", ..." if len(chs) > top else ""
+        parts.append(
+            f"{reason}: {sum(chs.values())} on {len(chs)} channel(s) ("
+            + ", ".join(f"{ch}={n}" for ch, n in worst)
+            + f"{more})"
+        )
+    return "; ".join(parts)
 
 
 def _minus(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:

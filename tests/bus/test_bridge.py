@@ -332,6 +332,57 @@ async def test_a_restart_that_lost_the_data_is_told(
         assert bridge.stats.redis_restarts == 1
 
 
+async def fill(r: aioredis.Redis) -> None:
+    """Fill the server past its maxmemory (a value at a time, until it refuses)."""
+    import redis.exceptions
+
+    for i in range(1000):
+        try:
+            await r.set(f"filler:{i}", b"x" * (32 << 10))
+        except redis.exceptions.OutOfMemoryError:
+            return
+    pytest.fail("the server never ran out of memory")
+
+
+async def test_out_of_memory_is_waited_out_and_a_wrong_key_type_is_reported(
+    sim: SimExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    with LocalRedis(args=["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]) as server:
+        async with aioredis.Redis.from_url(server.url) as r:
+            # Someone else's key where a stream should be: its entries are refused for good.
+            await r.set(f"{P}:agentexchange:portfolio", "not a stream")
+            ws = ae(sim)
+            seen: list[str] = []
+            ws.on_order_update(lambda d: seen.append(d["order_id"]))
+            bridge = Bridge(ws, server.url, channels=["orders", "portfolio"], **QUICK)
+            async with bridging(bridge):
+                await wait_for(lambda: bridge.stats.upstream == "connected")
+                await fill(r)  # now over maxmemory: writes get OOM replies
+                for _ in range(3):
+                    await buy(sim)
+                await wait_for(lambda: len(seen) >= 3, what="the orders upstream")
+                await wait_for(lambda: bridge.stats.state == "redis_down", what="OOM seen")
+                assert bridge.stats.pending > 0
+                await r.delete(*[k async for k in r.scan_iter("filler:*")])
+                await wait_for(
+                    lambda: bridge.stats.written_by_channel.get("orders", 0) == len(seen),
+                    what="the orders written",
+                )
+                await wait_for(lambda: bridge.stats.loss_reports >= 1, what="loss report")
+            orders = await entries(r, f"{P}:agentexchange:orders")
+            gaps = await entries(r, f"{P}:agentexchange:gaps")
+    assert [e.payload["order_id"] for _, e in orders] == seen
+    stats = bridge.stats
+    assert stats.lost_by_channel.get("portfolio", 0) >= 1
+    assert "WRONGTYPE" in caplog.text
+    refused = sum(
+        e.payload["reasons"].get("refused_by_redis", {}).get("portfolio", 0)
+        for _, e in gaps
+        if e.type == "loss"
+    )
+    assert refused >= 1
+
+
 async def test_redis_down_at_the_start_is_waited_for() -> None:
     async with SimExchange(tick_rate=500, speed=120) as sim:
         server = LocalRedis()
