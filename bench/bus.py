@@ -16,6 +16,12 @@ throughput
     bridge's counters), what was conflated, and the CPU time of this process, of
     ``redis-server`` and of the sim.
 
+sustained
+    ``bench.server`` in rate mode (its own process) sends ``--sustain`` ticker frames per
+    second round-robin over every pair (``ticker_all``) for ``--latency-seconds``; the
+    bridge forwards them. Reported: sent, received, written, conflated. A rate is
+    sustained when everything sent is written and nothing is conflated.
+
 latency
     ``bench.server`` in rate mode (its own process) sends ``--rates`` ticker frames per
     second for one symbol, each stamped with its send time (``time.monotonic_ns()``, a
@@ -32,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import statistics
 import sys
@@ -62,6 +69,8 @@ async def _xlen_total(r: Any, prefix: str) -> int:
 
 async def throughput(seconds: float) -> dict[str, Any]:
     import redis.asyncio as aioredis
+
+    logging.getLogger("agentstream").setLevel(logging.ERROR)
 
     with LocalRedis() as server:
         proc, url = await start_server()
@@ -126,33 +135,42 @@ async def _start_rate_server(rate: int, duration: float) -> tuple[asyncio.subpro
     return proc, line
 
 
-async def latency(rate: int, seconds: float) -> dict[str, Any]:
+async def fixed_rate(
+    rate: int, seconds: float, *, channel: str = "ticker:BTCUSDT", read: bool = True
+) -> dict[str, Any]:
+    """bench.server at ``rate`` frames/s -> the bridge -> Redis (-> the reader)."""
+    logging.getLogger("agentstream").setLevel(logging.ERROR)
     with LocalRedis() as server:
-        stream = "agentstream:agentexchange:ticker:BTCUSDT"
-        reader = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "bench.bus", "reader", server.url, stream),
-            *("--seconds", f"{seconds + 10:g}"),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert reader.stdout is not None
-        await asyncio.wait_for(reader.stdout.readline(), 10)  # "ready"
+        stream = f"agentstream:agentexchange:{channel}"
+        reader = None
+        if read:
+            reader = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "bench.bus", "reader", server.url, stream),
+                *("--seconds", f"{seconds + 10:g}"),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert reader.stdout is not None
+            await asyncio.wait_for(reader.stdout.readline(), 10)  # "ready"
         proc, url = await _start_rate_server(rate, seconds)
         ws = AgentExchangeWS(DEMO_API_KEY, url, stale_timeout=seconds + 10)
-        bridge = Bridge(ws, server.url, channels=["ticker:BTCUSDT"])
+        bridge = Bridge(ws, server.url, channels=[channel])
         task = asyncio.create_task(bridge.run())
         assert proc.stdout is not None
         sent = json.loads(await asyncio.wait_for(proc.stdout.readline(), seconds + 30))
-        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        while bridge.stats.pending and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.05)
         await bridge.stop()
         with contextlib.suppress(Exception):
             await task
         await proc.wait()
-        out, _ = await asyncio.wait_for(reader.communicate(), seconds + 30)
-        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-        result["rate"] = rate
-        result["sent"] = sent.get("sent", sent)
-        result["bridge_written"] = bridge.stats.written
+        result: dict[str, Any] = {"rate": rate, "sent": sent.get("sent")}
+        if reader is not None:
+            out, _ = await asyncio.wait_for(reader.communicate(), seconds + 30)
+            result.update(json.loads(out.decode().strip().splitlines()[-1]))
+        result["bridge_received"] = bridge.stats.received
+        result["bridge_written"] = bridge.stats.written - bridge.stats.loss_reports
         result["bridge_conflated"] = bridge.stats.conflated
         return result
 
@@ -205,6 +223,7 @@ async def reader(url: str, stream: str, seconds: float) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR)
     print(f"nproc={os.cpu_count()} python {sys.version.split()[0]}", flush=True)
     if not args.skip_throughput:
         t = await throughput(args.seconds)
@@ -222,8 +241,17 @@ async def main_async(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(json.dumps({"throughput": t}), flush=True)
+    for rate in args.sustain:
+        run = await fixed_rate(rate, args.latency_seconds, channel="ticker:all", read=False)
+        print(
+            f"== sustained: {rate:,} events/s over ticker_all (bench.server, all pairs): "
+            f"sent {run['sent']:,}, bridge received {run['bridge_received']:,}, "
+            f"written {run['bridge_written']:,}, conflated {run['bridge_conflated']:,}",
+            flush=True,
+        )
+        print(json.dumps({"sustained": run}), flush=True)
     for rate in args.rates:
-        lat = await latency(rate, args.latency_seconds)
+        lat = await fixed_rate(rate, args.latency_seconds)
         print(
             f"== latency at {rate:,} events/s (bench.server send -> Bridge -> Redis -> XREAD "
             f"reader, decoded): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max "
@@ -252,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: [int(x) for x in s.split(",") if x],
         default=[1000, 10000],
         help="latency runs, events per second (default 1000,10000)",
+    )
+    parser.add_argument(
+        "--sustain",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[20000, 40000],
+        help="fixed-rate runs over ticker_all: is everything written? (default 20000,40000)",
     )
     parser.add_argument("--latency-seconds", type=float, default=5.0, help="per latency run")
     parser.add_argument("--skip-throughput", action="store_true")
