@@ -450,10 +450,9 @@ class Bridge:
     # -- the writer ---------------------------------------------------------------------
 
     async def _sleep(self, delay: float) -> None:
-        """Wait ``delay`` s, or less if the bridge is stopping."""
-        with anyio.move_on_after(delay):
-            while not self._stopping:
-                await anyio.sleep(min(delay, 0.05))
+        """The backoff before the next attempt (a stop's flush is bounded by
+        ``flush_timeout``, which cancels it)."""
+        await anyio.sleep(delay)
 
     async def _write_loop(self) -> None:
         wake = self._wake
@@ -467,8 +466,6 @@ class Bridge:
                     self._up = True
                 except Unavailable as exc:
                     self._down(exc)
-                    if self._stopping and self._flush_timeout <= 0:
-                        return
                     await self._sleep(backoff.next())
                     continue
             batch = self._outbox.take(self._batch)

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from agentstream import AgentExchangeWS
 from agentstream.bus import decode_entry, stream_key
 from agentstream.bus._outbox import Item, Outbox
-from agentstream.bus._redis_writer import mask_redis_url
+from agentstream.bus._redis_writer import RedisWriter, mask_redis_url
 from agentstream.bus.bridge import Bridge
 from agentstream.bus.testing import LocalRedis
 from agentstream.errors import AuthenticationError, ConfigurationError
@@ -456,6 +456,36 @@ async def test_hostile_wildcard_events_are_refused_and_counted(
     assert bridge.stats.invalid == 4 and bridge.stats.received == 1
     [item] = bridge._outbox.take(10)
     assert item.stream == f"{P}:agentexchange:ticker:BTCUSDT"
+
+
+async def test_async_with_runs_the_bridge_for_the_block(
+    sim: SimExchange, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    async with Bridge(ae(sim), redis_url, channels=["ticker:BTCUSDT"], **QUICK) as bridge:
+        await wait_for(lambda: bridge.stats.written >= 5, what="writes")
+    assert bridge.stats.state == "stopped" and bridge.stats.pending == 0
+    assert await redis_client.xlen(f"{P}:agentexchange:ticker:BTCUSDT") == bridge.stats.written
+
+
+async def test_async_with_raises_the_fatal_error(sim: SimExchange, redis_url: str) -> None:
+    bridge = Bridge(ae(sim, "ak_live_wrong_0123456789abcdef"), redis_url, channels=["orders"])
+    with anyio.fail_after(5), pytest.raises(AuthenticationError):
+        async with bridge:
+            await anyio.sleep(3)
+
+
+async def test_an_interrupted_batch_is_checked_entry_by_entry(redis_url: str) -> None:
+    # A batch whose answers were lost: which of its entries reached the stream?
+    writer = RedisWriter(redis_url, prefix=P, venue="v", maxlen=100)
+    items = [Item(f"{P}:v:orders", "orders", "orders", {"n": n}, 1000 + n) for n in range(6)]
+    other = [Item(f"{P}:v:portfolio", "portfolio", "portfolio", {"n": 9}, 2000)]
+    try:
+        result = await writer.write([*items[:4], *other])
+        assert len(result.written) == 5
+        found = await writer.written_already([*items, *other])
+    finally:
+        await writer.aclose()
+    assert found == [*items[:4], *other]
 
 
 # -- the buffer, alone ------------------------------------------------------------------
