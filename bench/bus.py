@@ -22,6 +22,14 @@ sustained
     bridge forwards them. Reported: sent, received, written, conflated. A rate is
     sustained when everything sent is written and nothing is conflated.
 
+restart
+    Market orders placed on the simulated exchange (in this process) every 10 ms for
+    ``--restart-seconds``; half-way, redis-server is killed with SIGKILL and started again
+    0.5 s later, once persistent (append-only file, fsync always) and once not. Reported:
+    the order events the client received, the ones in the stream (in order? duplicated?),
+    the ones the bridge reported lost in its ``loss`` entry, and what is unaccounted for
+    (should be 0).
+
 latency
     ``bench.server`` in rate mode (its own process) sends ``--rates`` ticker frames per
     second for one symbol, each stamped with its send time (``time.monotonic_ns()``, a
@@ -175,6 +183,64 @@ async def fixed_rate(
         return result
 
 
+async def restart(persistent: bool, seconds: float) -> dict[str, Any]:
+    """Orders flowing through the bridge while redis-server is killed (SIGKILL) and
+    started again: what reached the stream, what the bridge reported lost."""
+    import redis.asyncio as aioredis
+
+    from agentstream.sim import SimExchange
+
+    logging.getLogger("agentstream").setLevel(logging.CRITICAL)
+    seen: list[str] = []
+    with LocalRedis(persistent=persistent) as server:
+        async with SimExchange(tick_rate=200) as sim:
+            ws = AgentExchangeWS(DEMO_API_KEY, sim.url)
+            ws.on_order_update(lambda d: seen.append(f"{d['order_id']}/{d['status']}"))
+            bridge = Bridge(
+                ws, server.url, channels=["orders"], backoff_initial=0.05, backoff_max=0.2
+            )
+            task = asyncio.create_task(bridge.run())
+            stop_at = time.monotonic() + seconds
+            killed = False
+            while time.monotonic() < stop_at:
+                await sim.place_order(
+                    DEMO_API_KEY, symbol="BTCUSDT", side="buy", type="market", quantity="0.0001"
+                )
+                await asyncio.sleep(0.01)
+                if not killed and time.monotonic() > stop_at - seconds / 2:
+                    killed = True
+                    server.kill()
+                    await asyncio.sleep(0.5)
+                    server.start()
+            t0 = time.monotonic()
+            while (bridge.stats.pending or bridge.stats.state != "running") and (
+                time.monotonic() - t0 < 10
+            ):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.5)  # a loss report is written at most once a second
+            await bridge.stop()
+            await task
+        async with aioredis.Redis.from_url(server.url) as r:
+            got: Any = await r.xrange("agentstream:agentexchange:orders")
+            gaps: Any = await r.xrange("agentstream:agentexchange:gaps")
+    in_stream = [decode_entry(f).payload for _, f in got]
+    losses = [decode_entry(f).payload for _, f in gaps if decode_entry(f).type == "loss"]
+    reported = sum(p["reasons"].get("redis_restart", {}).get("orders", 0) for p in losses)
+    keys = [f"{p['order_id']}/{p['status']}" for p in in_stream]
+    return {
+        "persistent": persistent,
+        "order_events_upstream": len(seen),
+        "in_stream": len(in_stream),
+        "duplicates": len(keys) - len(set(keys)),
+        "in_order": keys == [k for k in seen if k in set(keys)],
+        "reported_lost_by_restart": reported,
+        "unaccounted": len(seen) - len(in_stream) - reported,
+        "bridge_lost": bridge.stats.lost,
+        "restarts_seen": bridge.stats.redis_restarts,
+        "data_lost_seen": bridge.stats.redis_data_lost,
+    }
+
+
 async def reader(url: str, stream: str, seconds: float) -> dict[str, Any]:
     """A plain XREAD BLOCK reader: latency from the send stamp to the decoded entry."""
     import redis.asyncio as aioredis
@@ -241,6 +307,19 @@ async def main_async(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(json.dumps({"throughput": t}), flush=True)
+    for persistent in (True, False) if args.restart_seconds > 0 else ():
+        res = await restart(persistent, args.restart_seconds)
+        kind = "persistent (appendonly, fsync always)" if persistent else "not persistent"
+        print(
+            f"== redis-server SIGKILLed and restarted mid-stream, {kind}: "
+            f"{res['order_events_upstream']} order events upstream, {res['in_stream']} in "
+            f"the stream (in order: {res['in_order']}, duplicates: {res['duplicates']}), "
+            f"{res['reported_lost_by_restart']} reported lost by the restart, "
+            f"{res['unaccounted']} unaccounted; restarts seen {res['restarts_seen']}, "
+            f"with data lost {res['data_lost_seen']}",
+            flush=True,
+        )
+        print(json.dumps({"restart": res}), flush=True)
     for rate in args.sustain:
         run = await fixed_rate(rate, args.latency_seconds, channel="ticker:all", read=False)
         print(
@@ -289,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-seconds", type=float, default=5.0, help="per latency run")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--restart-seconds",
+        type=float,
+        default=6.0,
+        help="orders flowing while Redis is killed and restarted (0 = skip; default 6)",
+    )
     args = parser.parse_args(argv)
     return asyncio.run(main_async(args))
 
