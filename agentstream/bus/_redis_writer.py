@@ -40,6 +40,10 @@ class WriteResult:
     written: list[Item] = field(default_factory=list)
     retry: list[Item] = field(default_factory=list)
     rejected: list[tuple[Item, str]] = field(default_factory=list)
+    #: The channels set was gone when the batch arrived: the server lost what the bridge
+    #: had written before (a restart without persistence, a flush); this batch is the
+    #: first of the new data.
+    data_lost: bool = False
 
 
 def mask_redis_url(url: str) -> str:
@@ -150,10 +154,6 @@ class RedisWriter:
         info = await self._call(self._client().info("server"))
         return str(info.get("run_id", ""))
 
-    async def has_channels_set(self) -> bool:
-        """Whether the channels set exists (it is gone after a restart that lost data)."""
-        return bool(await self._call(self._client().exists(self.channels_key)))
-
     async def write(self, items: Sequence[Item]) -> WriteResult:
         """Append ``items`` in one round trip (and add new channel keys to the set).
 
@@ -169,6 +169,12 @@ class RedisWriter:
 
         new = {i.channel for i in items if i.type not in (GAP, LOSS)} - self.known
         chunks: list[bytes] = []
+        # Each batch first asks whether the channels set is still there: if the server
+        # lost its data, the bridge learns it with the very batch that follows the loss,
+        # so it can say exactly which entries were lost (those written before).
+        check = bool(self.known)
+        if check:
+            chunks.append(_pack([b"EXISTS", self.channels_key.encode()]))
         if new:
             chunks.append(_pack([b"SADD", self.channels_key.encode(), *map(str.encode, new)]))
         head = [b"XADD", b"", b"MAXLEN", b"~", str(self.maxlen).encode(), b"*"]
@@ -198,11 +204,14 @@ class RedisWriter:
             raise
         finally:
             await pool.release(conn)
+        result = WriteResult()
+        if check:
+            marker, answers = answers[0], answers[1:]
+            result.data_lost = marker == 0
         if new:
             first, answers = answers[0], answers[1:]
             if not isinstance(first, Exception):
                 self.known |= new
-        result = WriteResult()
         for item, answer in zip(items, answers, strict=True):
             if not isinstance(answer, Exception):
                 result.written.append(item)
@@ -210,6 +219,13 @@ class RedisWriter:
                 result.retry.append(item)
             else:
                 result.rejected.append((item, f"{type(answer).__name__}: {answer}"))
+        if result.data_lost:
+            # The set now holds only this batch's new channels: add the others written.
+            self.known = set()
+            again = {i.channel for i in result.written if i.type not in (GAP, LOSS)}
+            if again:
+                await self._call(self._client().sadd(self.channels_key, *sorted(again)))
+                self.known = again
         return result
 
     async def written_already(self, items: Sequence[Item]) -> list[Item]:

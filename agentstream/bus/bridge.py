@@ -215,7 +215,7 @@ class Bridge:
         self._batches = 0
         self._redis_errors = 0
         self._restarts = 0
-        self._data_lost = 0
+        self._data_lost_count = 0
         self._last_write: float | None = None
         self._last_ns = 0
         #: Losses not yet reported in a ``loss`` entry: reason -> channel -> count.
@@ -488,6 +488,8 @@ class Bridge:
                 self._up = False
                 await self._sleep(backoff.next())
                 continue
+            if result.data_lost:
+                self._data_lost()
             self._written_ok(result.written, report)
             if result.rejected:
                 self._rejected(result.rejected, report)
@@ -524,27 +526,34 @@ class Bridge:
             self._state = "stopping" if self._stopping else "running"
 
     async def _check_restart(self, run_id: str) -> None:
+        """A new ``run_id``: the server restarted (whether it kept the data, the next
+        batch tells: see :meth:`_data_lost`)."""
         before = self._writer.run_id
         self._writer.run_id = run_id
         if before is None or before == run_id:
             return
         self._restarts += 1
+        self.log.warning(
+            "Redis %s restarted (run_id %s… -> %s…)",
+            mask_redis_url(self._url),
+            before[:8],
+            run_id[:8],
+        )
+
+    def _data_lost(self) -> None:
+        """The server lost what this bridge had written to it (seen by the batch that
+        followed): say exactly what, and report it in a loss entry."""
+        self._data_lost_count += 1
         written = sum(self._since_start.values())
-        kept = not self._writer.known or await self._writer.has_channels_set()
-        if kept:
-            self.log.warning("Redis restarted (its data is still there); the bridge goes on")
-            return
-        self._data_lost += 1
         lost = {ch: min(n, self._maxlen) for ch, n in self._since_start.items()}
         self.log.error(
-            "Redis restarted without its data: the %d entries this bridge had written to "
-            "%d stream(s) since it last started are gone (at most ~%d per stream were "
-            "kept by MAXLEN); writing goes on from now",
+            "Redis lost its data (restarted without persistence, or flushed): the %d "
+            "entries this bridge had written to %d stream(s) before are gone (MAXLEN kept "
+            "at most ~%d per stream); writing goes on from now",
             written,
             len(self._since_start),
             self._maxlen,
         )
-        self._writer.known.clear()
         self._since_start = {}
         reasons = self._unreported.setdefault("redis_restart", {})
         for ch, n in lost.items():
@@ -696,7 +705,7 @@ class Bridge:
             batches=self._batches,
             redis_errors=self._redis_errors,
             redis_restarts=self._restarts,
-            redis_data_lost=self._data_lost,
+            redis_data_lost=self._data_lost_count,
             last_write_age=None if last is None else time.monotonic() - last,
         )
 
