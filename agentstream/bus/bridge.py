@@ -468,7 +468,7 @@ class Bridge:
                     self._down(exc)
                     await self._sleep(backoff.next())
                     continue
-            batch = self._outbox.take(self._batch)
+            batch = self._encodable(self._outbox.take(self._batch))
             report = self._loss_report()
             if report is not None:
                 batch.append(report)
@@ -504,6 +504,19 @@ class Bridge:
             if self._state == "redis_down":
                 self._state = "stopping" if self._stopping else "running"
             await anyio.lowlevel.checkpoint()
+
+    def _encodable(self, batch: list[Item]) -> list[Item]:
+        """The batch without events whose payload MessagePack cannot carry (a number
+        beyond 64 bits from a hostile server): refused and counted, never a crash."""
+        ok: list[Item] = []
+        for item in batch:
+            try:
+                item.encode()  # kept ones are encoded already; market ones are now, once
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._refuse(item.channel, f"a payload that cannot be encoded ({exc})")
+                continue
+            ok.append(item)
+        return ok
 
     async def _reconnected(self) -> None:
         """Redis answers (again): tell a restart, and drop what was written after all."""

@@ -462,6 +462,22 @@ async def test_hostile_wildcard_events_are_refused_and_counted(
     assert item.stream == f"{P}:agentexchange:ticker:BTCUSDT"
 
 
+async def test_a_payload_msgpack_cannot_carry_is_refused_not_fatal(
+    sim: SimExchange, redis_url: str
+) -> None:
+    # JSON allows integers of any size; MessagePack stops at 64 bits.
+    bridge = Bridge(ae(sim), redis_url, channels=["ticker:all", "orders"], **QUICK)
+    async with bridging(bridge):
+        await wait_for(lambda: bridge.stats.written > 0)
+        ticker, orders = (bridge._handler(c) for c in bridge.channels)
+        ticker({"symbol": "BTCUSDT", "price": 2**70})  # encoded by the writer
+        orders({"order_id": "x", "quantity": -(2**70)})  # encoded when queued
+        await wait_for(lambda: bridge.stats.invalid == 2, what="both refused")
+        before = bridge.stats.written
+        await wait_for(lambda: bridge.stats.written > before, what="writing on")
+    assert bridge.stats.state == "stopped" and bridge.stats.lost == 0
+
+
 async def test_async_with_runs_the_bridge_for_the_block(
     sim: SimExchange, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
