@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["Bridge", "BridgeStats"]
 
 _MAX_SYMBOL = 64  # longer "symbols" in a wildcard event are refused (a stream key each)
+#: Distinct symbols one wildcard channel may create streams for (the market has ~620);
+#: a server inventing symbols beyond it gets its events refused and counted.
+_MAX_SYMBOLS = 20_000
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,7 @@ class Bridge:
         prefix, venue = self._prefix, self._venue
         stream = stream_key(prefix, venue, key)
         outbox = self._outbox
+        streams: dict[str, str] = {}  # a wildcard's symbols: channel key -> stream
 
         def on_event(event: dict[str, Any]) -> None:
             ch, target = key, stream
@@ -295,7 +299,13 @@ class Bridge:
                     self._refuse(key, "an event without a usable symbol")
                     return
                 ch = f"{name}:{symbol.upper()}"
-                target = stream_key(prefix, venue, ch)
+                known = streams.get(ch)
+                if known is None:
+                    if len(streams) >= _MAX_SYMBOLS:
+                        self._refuse(key, f"a symbol beyond the first {_MAX_SYMBOLS}")
+                        return
+                    known = streams[ch] = stream_key(prefix, venue, ch)
+                target = known
             self._received += 1
             item = Item(target, name, ch, event, self._stamp())
             ckey = conflate(event) if conflate is not None else None

@@ -449,9 +449,12 @@ def test_bad_settings_are_refused() -> None:
 
 
 async def test_hostile_wildcard_events_are_refused_and_counted(
-    sim: SimExchange, redis_url: str
+    sim: SimExchange, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A ticker:all event must name a usable symbol: it becomes a stream key.
+    import agentstream.bus.bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "_MAX_SYMBOLS", 2)
     bridge = Bridge(ae(sim), redis_url, channels=["ticker:all"], **QUICK)
     handler = bridge._handler(bridge.channels[0])
     for bad in ({"symbol": ["x"]}, {"symbol": "A:B"}, {"symbol": "X" * 100}, {}):
@@ -460,6 +463,11 @@ async def test_hostile_wildcard_events_are_refused_and_counted(
     assert bridge.stats.invalid == 4 and bridge.stats.received == 1
     [item] = bridge._outbox.take(10)
     assert item.stream == f"{P}:agentexchange:ticker:BTCUSDT"
+    # A server inventing symbols: streams for the first ones only.
+    for sym in ("ETHUSDT", "NEW1", "NEW2", "BTCUSDT"):
+        handler({"symbol": sym, "price": "1"})
+    assert [i.channel for i in bridge._outbox.take(10)] == ["ticker:ETHUSDT", "ticker:BTCUSDT"]
+    assert bridge.stats.invalid == 6
 
 
 async def test_a_payload_msgpack_cannot_carry_is_refused_not_fatal(
