@@ -610,3 +610,20 @@ def test_the_command_refuses_a_missing_credential() -> None:
     )
     assert proc.returncode == 1
     assert "TRADIER_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_the_command_exits_1_on_a_refused_key_without_showing_it(
+    sim: SimExchange, redis_url: str
+) -> None:
+    secret = "ak_live_wrong_0123456789abcdef"
+    env = {**os.environ, "AGENTSTREAM_API_KEY": secret}
+    cmd = [
+        *(sys.executable, "-m", "agentstream", "bridge", "--venue", "agentexchange"),
+        *("--url", sim.url, "--to", redis_url, "--channel", "orders"),
+    ]
+    with anyio.fail_after(20):
+        done = await anyio.run_process(cmd, env=env, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "AuthenticationError" in err and "Traceback" not in err
+    assert secret not in err + done.stdout.decode()
