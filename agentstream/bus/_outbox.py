@@ -2,12 +2,12 @@
 
 Events wait here until the writer has appended them. Two queues, each in arrival order:
 
-* **market** events (tickers, forming candles): when more than ``max_pending`` wait (the
-  engine is slow or down), the older events of each symbol (and interval) are conflated:
-  the newest survives, the others are dropped and counted per channel. Closed candles
-  are never conflated.
-* **kept** events (orders, portfolio, balances, closed candles of kinds that do not
-  conflate, gap reports): never dropped while their encoded size stays within
+* **market** events (tickers, candles): when more than ``max_pending`` wait (the engine
+  is slow or down), the older events of each symbol (and interval) are conflated: the
+  newest survives, the others are dropped and counted per channel. Closed candles (no
+  conflation key) are never conflated, and stay in order with their stream's updates.
+* **kept** events (orders, portfolio, balances and the other account events, events of
+  kinds that do not conflate, gap reports): never dropped while their encoded size stays within
   ``max_bytes``; an event beyond it cannot be kept: it is dropped and counted per channel
   (the bridge logs it and reports it as a ``loss`` entry).
 

@@ -308,9 +308,11 @@ class Bridge:
                 target = known
             self._received += 1
             item = Item(target, name, ch, event, self._stamp())
-            ckey = conflate(event) if conflate is not None else None
-            if conflate is not None and ckey is not None:
-                outbox.put(item, key=(ch, ckey))
+            if conflate is not None:
+                # Market events; a final one (a closed candle) is never conflated, and
+                # stays in line with the forming updates of its stream.
+                ckey = conflate(event)
+                outbox.put(item, key=None if ckey is None else (ch, ckey))
             else:
                 self._keep(item)
             wake = self._wake

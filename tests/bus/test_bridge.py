@@ -516,6 +516,23 @@ async def test_an_interrupted_batch_is_checked_entry_by_entry(redis_url: str) ->
     assert found == [*items[:4], *other]
 
 
+def test_closed_candles_stay_in_line_with_the_forming_ones() -> None:
+    ws = AgentExchangeWS(DEMO_API_KEY, "ws://127.0.0.1:9")
+    bridge = Bridge(ws, "redis://127.0.0.1:1/0", channels=["candles:BTCUSDT:1m", "orders"])
+    candles, orders = (bridge._handler(c) for c in bridge.channels)
+    sent = [
+        {"symbol": "BTCUSDT", "interval": "1m", "close": "1", "is_closed": False},
+        {"symbol": "BTCUSDT", "interval": "1m", "close": "2", "is_closed": True},
+        {"symbol": "BTCUSDT", "interval": "1m", "close": "3", "is_closed": False},
+    ]
+    for n, candle in enumerate(sent):
+        candles(candle)
+        orders({"order_id": str(n)})
+    taken = bridge._outbox.take(100)
+    assert [i.payload for i in taken if i.channel.startswith("candles")] == sent
+    assert [i.payload["order_id"] for i in taken if i.channel == "orders"] == ["0", "1", "2"]
+
+
 # -- the buffer, alone ------------------------------------------------------------------
 
 
