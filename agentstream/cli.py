@@ -1,8 +1,9 @@
-"""Command line: ``agentstream serve | demo | run``.
+"""Command line: ``agentstream serve | demo | bridge | run``.
 
 Example:
     $ agentstream serve --port 8000 --speed 60
     $ agentstream demo --seconds 20
+    $ agentstream bridge --venue agentexchange --to redis://127.0.0.1:6379/0 --channel ticker:all
     $ agentstream run my_bot.py --dry-run
     $ agentstream --version
 """
@@ -17,8 +18,10 @@ import logging
 import signal
 import sys
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from agentstream.bus._redis_writer import mask_redis_url
+from agentstream.errors import AgentStreamError, ConfigurationError
 from agentstream.sim import (
     DEMO_API_KEY,
     INTERVAL_MS,
@@ -33,6 +36,8 @@ from agentstream.sim import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from agentstream._client import StreamClient
 
 
 def _sim_config(args: argparse.Namespace) -> SimConfig:
@@ -164,12 +169,155 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)"
     )
+    _add_bridge_parser(sub)
     run = sub.add_parser("run", help="run a Python script (top-level await allowed)")
     run.add_argument("script", help="path of the script")
     run.add_argument(
         "args", nargs=argparse.REMAINDER, help="arguments for the script (its sys.argv[1:])"
     )
     return parser
+
+
+#: Per venue: the environment variable holding the credential, and the default channels.
+_BRIDGE_VENUES = {
+    "agentexchange": ("AGENTSTREAM_API_KEY", ("ticker:all", "orders", "portfolio")),
+    "tradier": ("TRADIER_TOKEN", ("orders",)),
+    "tastytrade": ("TASTYTRADE_TOKEN", ("orders", "complex_orders", "balances", "positions")),
+}
+
+
+def _add_bridge_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bridge",
+        help="run one venue stream and append its events to Redis Streams",
+        description="Run one supervised venue stream and append every event to a Redis "
+        "stream per channel ({prefix}:{venue}:{channel}); see docs/scale-out.md. The "
+        "credential comes from --key or, better (a command line is visible to other "
+        "users), from the venue's environment variable: "
+        + ", ".join(f"{v}: ${env}" for v, (env, _) in _BRIDGE_VENUES.items())
+        + ".",
+    )
+    p.add_argument("--venue", required=True, choices=sorted(_BRIDGE_VENUES), help="the venue")
+    p.add_argument(
+        "--url",
+        help="the venue's address: AgentExchange's ws:// base (default $AGENTSTREAM_BASE_URL "
+        "or ws://localhost:8000), Tradier's REST root, tastytrade's streamer URL",
+    )
+    p.add_argument("--api-url", help="tastytrade: the REST root (default from --url)")
+    p.add_argument("--sandbox", action="store_true", help="Tradier / tastytrade: the sandbox")
+    p.add_argument("--key", help="the API key or token (default: the venue's variable)")
+    p.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        help="tastytrade: an account number to follow (repeatable)",
+    )
+    p.add_argument(
+        "--to",
+        default="redis://127.0.0.1:6379/0",
+        metavar="REDIS_URL",
+        help="the Redis server (default redis://127.0.0.1:6379/0)",
+    )
+    p.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        help="a channel key to bridge (repeatable; default per venue: "
+        + "; ".join(f"{v}: {' '.join(chs)}" for v, (_, chs) in _BRIDGE_VENUES.items())
+        + ")",
+    )
+    p.add_argument(
+        "--maxlen", type=int, default=100_000, help="trim each stream to about N (default 100000)"
+    )
+    p.add_argument("--prefix", default="agentstream", help="key prefix (default agentstream)")
+    p.add_argument(
+        "--max-buffer-mb",
+        type=float,
+        default=64.0,
+        help="memory the account events waiting for Redis may hold (default 64)",
+    )
+    p.add_argument(
+        "--stats-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print the bridge's counters this often (default: never)",
+    )
+
+
+def _bridge_client(args: argparse.Namespace) -> StreamClient:
+    import os
+
+    env, _ = _BRIDGE_VENUES[args.venue]
+    key = args.key or os.environ.get(env)
+    if not key:
+        raise ConfigurationError(f"no credential: pass --key or set ${env}")
+    if args.venue == "agentexchange":
+        from agentstream import AgentExchangeWS
+
+        return AgentExchangeWS(key, args.url)
+    if args.venue == "tradier":
+        from agentstream.tradier import TradierStream
+
+        return TradierStream(key, base_url=args.url, sandbox=args.sandbox)
+    from agentstream.tastytrade import TastytradeStream
+
+    return TastytradeStream(
+        key, args.account, url=args.url, api_url=args.api_url, sandbox=args.sandbox
+    )
+
+
+async def _bridge(args: argparse.Namespace) -> int:
+    from agentstream.bus.bridge import Bridge
+
+    client = _bridge_client(args)
+    bridge = Bridge(
+        client,
+        args.to,
+        channels=args.channel or _BRIDGE_VENUES[args.venue][1],
+        maxlen=args.maxlen,
+        prefix=args.prefix,
+        max_buffer_bytes=max(1, int(args.max_buffer_mb * (1 << 20))),
+    )
+    print(
+        f"bridge {args.venue} -> {mask_redis_url(args.to)}: "
+        f"{', '.join(c.key for c in bridge.channels)}  Ctrl-C to stop",
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)  # a second Ctrl-C interrupts
+        print("stopping (writing what waits)", file=sys.stderr, flush=True)
+        stopping.append(loop.create_task(bridge.stop()))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(args.stats_every)
+            s = bridge.stats
+            print(
+                f"{s.state} upstream={s.upstream} received={s.received} written={s.written} "
+                f"pending={s.pending} conflated={s.conflated} lost={s.lost} "
+                f"redis_errors={s.redis_errors}",
+                flush=True,
+            )
+
+    reporter = asyncio.create_task(report()) if args.stats_every > 0 else None
+    try:
+        await bridge.run()
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+    s = bridge.stats
+    print(f"stopped: written={s.written} conflated={s.conflated} lost={s.lost}", flush=True)
+    return 0
 
 
 def run_script(path: str, args: Sequence[str] = ()) -> None:
@@ -243,6 +391,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 130
         return 0
+    if args.command == "bridge":
+        try:
+            return asyncio.run(_bridge(args))
+        except KeyboardInterrupt:
+            return 130
+        except AgentStreamError as exc:
+            print(f"agentstream bridge: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     config = _sim_config(args)
     try:
         if args.command == "serve":

@@ -12,6 +12,9 @@ Benchmarks:
                    bare aiohttp client
     staleness      the age of the price a slow ticker handler sees: newest-per-symbol
                    (the default) against every=True
+    bus            the Redis bridge: events/s sustained into Redis from the firehose,
+                   CPU, conflation; latency send -> Redis -> a reader at fixed rates
+                   (see docs/scale-out.md)
 
 Examples:
     python -m bench                                    # the full comparison
@@ -19,6 +22,7 @@ Examples:
     python -m bench --json /tmp/bench.json --check     # save raw results; exit 1 on a miss
     python -m bench reliability --quick                # every figure, shorter
     python -m bench sim_firehose --seconds 5
+    python -m bench bus --seconds 10 --rates 1000,10000
 
 ``python -m bench compare --help`` lists every option.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ("compare", "reliability", "sim_firehose", "staleness")
+BENCHMARKS = ("compare", "reliability", "sim_firehose", "staleness", "bus")
 
 
 def main(argv: list[str]) -> int:

@@ -5,12 +5,18 @@ One entry per event, in the stream ``{prefix}:{venue}:{channel}`` (for example
 
 * ``v``: the schema version (``b"1"``); a reader refuses versions it does not know.
 * ``t``: what the entry is: the channel kind's name (``ticker``, ``candles``, ``orders``,
-  ...) for an event, or ``gap`` for a gap report of the upstream stream.
+  ...) for an event, ``gap`` for a gap report of the upstream stream, or ``loss`` for
+  the bridge's report of events it had to drop or could not write (both in the stream
+  ``{prefix}:{venue}:gaps``).
 * ``c``: the channel key the event belongs to (``ticker:BTCUSDT``, ``orders``).
 * ``r``: when the bridge received the event, in nanoseconds since the epoch (for
   end-to-end latency and for consumers that start "from a time").
 * ``d``: the payload, encoded once with msgspec's MessagePack: the dict a dict handler of
-  the venue client receives (for ``gap``, the :class:`~agentstream.models.Gap` as a dict).
+  the venue client receives (for ``gap``, the :class:`~agentstream.models.Gap` as a dict;
+  for ``loss``, a dict: ``reason``, ``channels`` (count per channel key) and details).
+
+Fields a reader does not know are ignored, so later versions of the bridge may add some
+without a new schema version.
 
 Example:
     >>> fields = encode_entry("ticker", "ticker:BTCUSDT", {"price": "1"}, received_ns=5)
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GAP",
+    "LOSS",
     "SCHEMA_VERSION",
     "Entry",
     "decode_entry",
@@ -43,6 +50,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 #: The ``t`` of a gap entry.
 GAP = "gap"
+#: The ``t`` of a loss report: events the bridge dropped or could not write.
+LOSS = "loss"
 
 _V = str(SCHEMA_VERSION).encode()
 _encode = msgspec.msgpack.Encoder(decimal_format="string").encode
