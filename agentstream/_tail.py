@@ -362,7 +362,10 @@ class _Printer:
         )
 
     def error(self, exc: BaseException, context: dict[str, Any]) -> None:
-        self.news(f"error: {exc}")
+        if context.get("stage") == "connect":
+            self.news(f"cannot connect: {exc}; retrying")
+        else:
+            self.news(f"error: {exc}")
 
 
 def _agentexchange(opts: TailOptions, p: _Printer, logger: logging.Logger) -> StreamClient:
@@ -475,7 +478,19 @@ async def run_tail(
     # The tail prints its own line for each disconnect, gap and error; the client's
     # warnings would say it twice (-v shows them, at DEBUG and up).
     logger = logging.getLogger("agentstream.tail")
-    logger.setLevel(logging.DEBUG if opts.verbose else logging.CRITICAL)
+    quiet = logging.getLogger("agentstream")  # the connection supervisor's warnings
+    levels = logger.level, quiet.level
+    if not opts.verbose:
+        logger.setLevel(logging.CRITICAL)
+        quiet.setLevel(logging.CRITICAL)
+    try:
+        return await _tail(opts, printer, logger)
+    finally:
+        logger.setLevel(levels[0])
+        quiet.setLevel(levels[1])
+
+
+async def _tail(opts: TailOptions, printer: _Printer, logger: logging.Logger) -> int:
     ws = _BUILDERS[opts.venue](opts, printer, logger)
     ws.on_connect(printer.connected)
     ws.on_disconnect(printer.disconnected)
