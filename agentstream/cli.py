@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from agentstream.sim import (
     DEMO_API_KEY,
     INTERVAL_MS,
+    PLACEHOLDER_API_KEY,
     REAL_SERVER_INTERVALS,
     TASTYTRADE_DEMO_ACCOUNT,
     TASTYTRADE_DEMO_TOKEN,
@@ -299,7 +300,11 @@ def run_script(path: str, args: Sequence[str] = ()) -> None:
 async def _serve(config: SimConfig) -> None:
     async with SimExchange(config) as sim:
         print(f"simulated exchange on {sim.url}/ws/v1  (REST {sim.http_url}/api/v1)", flush=True)
-        print(f"demo API key: {DEMO_API_KEY}   Ctrl-C to stop", flush=True)
+        print(
+            f"demo API key: {DEMO_API_KEY} (or the SDK page's {PLACEHOLDER_API_KEY})"
+            "   Ctrl-C to stop",
+            flush=True,
+        )
         print(
             f"Tradier: base_url {sim.http_url}  demo token: {TRADIER_DEMO_TOKEN}"
             f" (account {TRADIER_DEMO_ACCOUNT})",
