@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import anyio
 import msgspec
 
-from agentstream._redact import mask_secret
+from agentstream._redact import mask_secret, mask_url
 from agentstream.errors import AgentStreamError, AuthenticationError
 
 # Imported at run time on purpose: agentstream reads handler annotations to pick typed payloads.
@@ -349,7 +349,8 @@ class _Printer:
         else:
             self._connected_once = True
             names = " ".join(c.name for c in self.opts.channels)
-            self.news(f"connected to {self.opts.venue} at {self.opts.url}: {names}")
+            url = mask_url(self.opts.url)
+            self.news(f"connected to {self.opts.venue} at {url}: {names}")
 
     def disconnected(self, reason: str) -> None:
         self.news(f"disconnected ({reason}); reconnecting")

@@ -272,14 +272,18 @@ async def test_a_refused_key_stops_with_status_1_and_the_key_masked() -> None:
 # -- Tradier and tastytrade -------------------------------------------------------------
 
 
-async def test_tradier_orders() -> None:
+async def test_tradier_orders_and_the_account_filter() -> None:
     async with (
         fast_sim() as sim,
         run_tail("--venue", "tradier", "orders", "--url", sim.http_url) as tail,
+        run_tail(
+            "--venue", "tradier", "orders", "--url", sim.http_url, "--account", "VA999999"
+        ) as other,
     ):
-        await tail.expect(
-            r"-- connected to tradier at http://127\.0\.0\.1:\d+: orders", on="stderr"
-        )
+        for t in (tail, other):
+            await t.expect(
+                r"-- connected to tradier at http://127\.0\.0\.1:\d+: orders", on="stderr"
+            )
         order = await sim.tradier.place_order(
             TRADIER_DEMO_ACCOUNT,
             symbol="AAPL",
@@ -293,7 +297,11 @@ async def test_tradier_orders() -> None:
             rf"\d+\.\d+ account {TRADIER_DEMO_ACCOUNT}$"
         )
         assert await tail.interrupt() == 130
+        assert await other.interrupt() == 130
     assert_clean(tail)
+    # The same stream, filtered to another account: none of the demo account's events.
+    assert other.stdout == "", other.report()
+    assert "Ctrl-C: stopped after 0 events" in other.stderr, other.report()
 
 
 async def test_tastytrade_every_channel_as_json() -> None:
