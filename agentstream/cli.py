@@ -300,11 +300,11 @@ def run_script(path: str, args: Sequence[str] = ()) -> None:
 async def _serve(config: SimConfig) -> None:
     async with SimExchange(config) as sim:
         print(f"simulated exchange on {sim.url}/ws/v1  (REST {sim.http_url}/api/v1)", flush=True)
-        print(
-            f"demo API key: {DEMO_API_KEY} (or the SDK page's {PLACEHOLDER_API_KEY})"
-            "   Ctrl-C to stop",
-            flush=True,
-        )
+        if DEMO_API_KEY in config.api_keys:
+            keys = f"demo API key: {DEMO_API_KEY} (or the SDK page's {PLACEHOLDER_API_KEY})"
+        else:  # --key: the user's own keys, which we do not echo
+            keys = f"API keys: the {len(config.api_keys)} given with --key"
+        print(f"{keys}   Ctrl-C to stop", flush=True)
         print(
             f"Tradier: base_url {sim.http_url}  demo token: {TRADIER_DEMO_TOKEN}"
             f" (account {TRADIER_DEMO_ACCOUNT})",
