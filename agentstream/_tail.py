@@ -500,12 +500,16 @@ async def _tail(opts: TailOptions, printer: _Printer, logger: logging.Logger) ->
 
     interrupted = False
 
+    loop = asyncio.get_running_loop()
+
     def on_sigint() -> None:
         nonlocal interrupted
         interrupted = True
         printer.stop.set()
+        # A second Ctrl-C interrupts at once, should stopping ever hang.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
 
-    loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGINT, on_sigint)
 
