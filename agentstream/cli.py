@@ -1,8 +1,9 @@
-"""Command line: ``agentstream serve | demo | bridge | run``.
+"""Command line: ``agentstream serve | demo | tail | bridge | run``.
 
 Example:
     $ agentstream serve --port 8000 --speed 60
     $ agentstream demo --seconds 20
+    $ agentstream tail ticker:BTCUSDT orders --count 10
     $ agentstream bridge --venue agentexchange --to redis://127.0.0.1:6379/0 --channel ticker:all
     $ agentstream run my_bot.py --dry-run
     $ agentstream --version
@@ -25,6 +26,7 @@ from agentstream.errors import AgentStreamError, ConfigurationError
 from agentstream.sim import (
     DEMO_API_KEY,
     INTERVAL_MS,
+    PLACEHOLDER_API_KEY,
     REAL_SERVER_INTERVALS,
     TASTYTRADE_DEMO_ACCOUNT,
     TASTYTRADE_DEMO_TOKEN,
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)"
     )
+    _add_tail_parser(sub)
     _add_bridge_parser(sub)
     run = sub.add_parser("run", help="run a Python script (top-level await allowed)")
     run.add_argument("script", help="path of the script")
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Per venue: the environment variable holding the credential, and the default channels.
 _BRIDGE_VENUES = {
-    "agentexchange": ("AGENTSTREAM_API_KEY", ("ticker:all", "orders", "portfolio")),
+    "agentexchange": ("AGENTEXCHANGE_API_KEY", ("ticker:all", "orders", "portfolio")),
     "tradier": ("TRADIER_TOKEN", ("orders",)),
     "tastytrade": ("TASTYTRADE_TOKEN", ("orders", "complex_orders", "balances", "positions")),
 }
@@ -320,6 +323,102 @@ async def _bridge(args: argparse.Namespace) -> int:
     return 0
 
 
+_TAIL_EPILOG = """\
+channels:
+  agentexchange  ticker:SYMBOL  ticker:all  candles:SYMBOL:INTERVAL  orders  portfolio
+                 (INTERVAL: 1m 5m 15m 1h 4h 1d)
+  tradier        orders
+  tastytrade     orders  balances  positions  quote-alerts  watchlists
+
+defaults: the simulated exchange (agentstream serve) on 127.0.0.1:8000 with its demo
+key, token and account. Environment: AGENTEXCHANGE_API_KEY, AGENTEXCHANGE_WS_URL;
+TRADIER_TOKEN, TRADIER_ACCOUNT, TRADIER_BASE_URL; TASTYTRADE_TOKEN, TASTYTRADE_ACCOUNT,
+TASTYTRADE_URL. Events go to stdout, connection news (reconnects, gaps) to stderr.
+
+examples:
+  agentstream tail ticker:BTCUSDT candles:ETHUSDT:1m orders portfolio
+  agentstream tail ticker:all --json --count 100 | jq -r .data.price
+  agentstream tail --venue tradier orders
+  agentstream tail --venue tastytrade orders balances positions --account 5WT00000
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
+
+
+def _add_tail_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from agentstream._tail import VENUES
+
+    tail = sub.add_parser(
+        "tail",
+        help="print a live stream, one line per event (the sim by default, or any venue)",
+        description="Print a live stream, one line per event, with reconnects and gaps.",
+        epilog=_TAIL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_argument("channels", nargs="+", metavar="CHANNEL", help="what to print (below)")
+    tail.add_argument(
+        "--venue", choices=VENUES, default="agentexchange", help="default agentexchange"
+    )
+    tail.add_argument("--url", help="the venue's URL (default: the sim on 127.0.0.1:8000)")
+    cred = tail.add_mutually_exclusive_group()
+    cred.add_argument(
+        "--key",
+        dest="credential",
+        metavar="API_KEY",
+        help="AgentExchange API key (default $AGENTEXCHANGE_API_KEY, else the sim's demo key)",
+    )
+    cred.add_argument(
+        "--token",
+        dest="credential",
+        metavar="TOKEN",
+        help="Tradier or tastytrade token (default $TRADIER_TOKEN / $TASTYTRADE_TOKEN, "
+        "else the sim's demo token); tastytrade's includes 'Bearer '",
+    )
+    tail.add_argument(
+        "--account",
+        help="Tradier: print only this account's orders; tastytrade: the account to follow "
+        "(default $TRADIER_ACCOUNT / $TASTYTRADE_ACCOUNT; tastytrade: the sim's demo account)",
+    )
+    tail.add_argument(
+        "--json", action="store_true", help="one JSON object per event (for jq and scripts)"
+    )
+    tail.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
+    tail.add_argument("--seconds", type=_positive_float, metavar="S", help="stop after S seconds")
+    tail.set_defaults(tail_parser=tail)  # for a usage error about a channel, after parsing
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from agentstream._tail import ChannelError, resolve_options, run_tail
+
+    try:
+        opts = resolve_options(
+            args.venue,
+            args.channels,
+            url=args.url,
+            credential=args.credential,
+            account=args.account,
+            json=args.json,
+            count=args.count,
+            seconds=args.seconds,
+            verbose=args.verbose,
+        )
+    except ChannelError as exc:
+        args.tail_parser.error(str(exc))
+    return asyncio.run(run_tail(opts))
+
+
 def run_script(path: str, args: Sequence[str] = ()) -> None:
     """Run ``path`` as ``__main__`` with ``sys.argv[1:]`` = ``args``, allowing top-level
     ``await`` (as in a notebook).
@@ -349,7 +448,11 @@ def run_script(path: str, args: Sequence[str] = ()) -> None:
 async def _serve(config: SimConfig) -> None:
     async with SimExchange(config) as sim:
         print(f"simulated exchange on {sim.url}/ws/v1  (REST {sim.http_url}/api/v1)", flush=True)
-        print(f"demo API key: {DEMO_API_KEY}   Ctrl-C to stop", flush=True)
+        if DEMO_API_KEY in config.api_keys:
+            keys = f"demo API key: {DEMO_API_KEY} (or the SDK page's {PLACEHOLDER_API_KEY})"
+        else:  # --key: the user's own keys, which we do not echo
+            keys = f"API keys: the {len(config.api_keys)} given with --key"
+        print(f"{keys}   Ctrl-C to stop", flush=True)
         print(
             f"Tradier: base_url {sim.http_url}  demo token: {TRADIER_DEMO_TOKEN}"
             f" (account {TRADIER_DEMO_ACCOUNT})",
@@ -385,10 +488,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "tail":
+        try:
+            return _tail(args)
+        except KeyboardInterrupt:  # a second Ctrl-C while stopping
+            print("agentstream tail: interrupted", file=sys.stderr)
+            return 130
     if args.command == "run":
         try:
             run_script(args.script, args.args)
         except KeyboardInterrupt:
+            # The script's own loop was interrupted: one line instead of a traceback.
+            print("agentstream run: stopped (Ctrl-C)", file=sys.stderr)
             return 130
         return 0
     if args.command == "bridge":

@@ -1,4 +1,11 @@
-# Seed page: "Complete Example: Async Event Loop".
+# Seed page: "Complete Example: Async Event Loop". Run it with
+#
+#   $ agentstream serve            # in another terminal: the simulated exchange
+#   $ AGENTEXCHANGE_API_KEY=ak_demo_agentstream python examples/async_event_loop.py
+#
+# It runs until Ctrl-C, printing a [FILL] line for each order of the key that fills
+# (place one: `agentstream tail orders` shows them too; the BTC price rule prints
+# only above $65k). The key comes from AGENTEXCHANGE_API_KEY, as on the page.
 import asyncio
 import os
 from agentstream import AgentExchangeWS

@@ -1,5 +1,12 @@
 # Seed page: "Available Channels", every snippet of the section in one file. The two
 # setup lines and the last line are not on the page (its snippets assume a `ws`).
+# Run it with
+#
+#   $ agentstream serve            # in another terminal: the simulated exchange
+#   $ python examples/channels.py
+#
+# It prints SOL prices, closed candles, orders and portfolio snapshots until Ctrl-C.
+# The page's placeholder key "ak_live_..." is the simulated exchange's demo account.
 from agentstream import AgentExchangeWS
 ws = AgentExchangeWS(api_key="ak_live_...")
 

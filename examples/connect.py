@@ -1,4 +1,10 @@
-# Seed page: "Connection Lifecycle: await ws.connect()".
+# Seed page: "Connection Lifecycle: await ws.connect()". Run it with
+#
+#   $ agentstream serve            # in another terminal: the simulated exchange
+#   $ python examples/connect.py
+#
+# It prints BTC prices until Ctrl-C. The page's placeholder key "ak_live_..." is the
+# simulated exchange's demo account.
 import asyncio
 from agentstream import AgentExchangeWS
 

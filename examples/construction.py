@@ -1,4 +1,9 @@
-# Seed page: "Import and Construction".
+# Seed page: "Import and Construction". Run it with
+#
+#   $ python examples/construction.py
+#
+# It builds the client and exits, printing nothing: constructing opens no connection
+# (so no server is needed either).
 from agentstream import AgentExchangeWS
 
 ws = AgentExchangeWS(

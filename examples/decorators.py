@@ -1,5 +1,11 @@
 # Seed page: "Decorator-Based Subscriptions". Uses top-level `await` as the page does:
-# run it in a notebook, or with `agentstream run examples/decorators.py`.
+# run it in a notebook, or with `agentstream run`:
+#
+#   $ agentstream serve            # in another terminal: the simulated exchange
+#   $ agentstream run examples/decorators.py
+#
+# It prints BTC and ETH prices, the key's orders and portfolio until Ctrl-C. The page's
+# placeholder key "ak_live_..." is the simulated exchange's demo account.
 from agentstream import AgentExchangeWS
 
 ws = AgentExchangeWS(api_key="ak_live_...")

@@ -1,4 +1,11 @@
-# Seed page: "Complete Example: Streaming Price Cache".
+# Seed page: "Complete Example: Streaming Price Cache". A module: agent_setup.py and
+# agent_tool.py use it. Run on its own, it starts nothing and exits:
+#
+#   $ AGENTEXCHANGE_API_KEY=ak_demo_agentstream python examples/price_stream.py
+#
+# The key comes from AGENTEXCHANGE_API_KEY (required, as on the page; the simulated
+# exchange's demo key is ak_demo_agentstream), the URL from AGENTEXCHANGE_WS_URL
+# (default ws://localhost:8000, where `agentstream serve` listens).
 # price_stream.py
 import os
 import threading

@@ -1,4 +1,12 @@
-# Seed page: "Connection Lifecycle: ws.run_forever()".
+# Seed page: "Connection Lifecycle: ws.run_forever()". Run it with
+#
+#   $ agentstream serve            # in another terminal: the simulated exchange
+#   $ python -i examples/run_forever.py
+#
+# The page's point: run_forever() in a daemon thread does not block. So as a plain
+# script (`python examples/run_forever.py`) it reaches its last line at once and exits,
+# the thread with it, printing nothing. `python -i` keeps the interpreter (your "main
+# code") alive: BTC prices print in the background until you leave with Ctrl-D.
 import threading
 from agentstream import AgentExchangeWS
 

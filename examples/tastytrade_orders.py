@@ -1,7 +1,7 @@
 """tastytrade's account streamer, against the simulated exchange (`agentstream serve`).
 
-    agentstream serve &
-    python examples/tastytrade_orders.py
+    $ agentstream serve              # in another terminal: the simulated exchange
+    $ python examples/tastytrade_orders.py
 
 As tastytrade's SDK page does it: `async with` the streamer, subscribe the account,
 then `listen(PlacedOrder)`. It places one market order for 1 AAPL with the stream's

@@ -1,7 +1,8 @@
 """Tradier order events, against the simulated exchange (`agentstream serve`) by default.
 
-    agentstream serve &                 # or point TRADIER_BASE_URL at Tradier's sandbox
-    python examples/tradier_orders.py
+    $ agentstream serve              # in another terminal (or point TRADIER_BASE_URL
+                                     # and TRADIER_TOKEN at Tradier's sandbox)
+    $ python examples/tradier_orders.py
 
 It places one market order for 2 AAPL with the stream's REST client (`ws.rest`), prints each event of it
 as the stream delivers it (looked up: symbol, side and quantity included), and stops

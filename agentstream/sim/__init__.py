@@ -18,6 +18,7 @@ from agentstream.sim.server import (
     CLOSE_AUTH_FAILED,
     CLOSE_PONG_TIMEOUT,
     DEMO_API_KEY,
+    PLACEHOLDER_API_KEY,
     TASTYTRADE_DEMO_ACCOUNT,  # tastytrade front-end
     TASTYTRADE_DEMO_TOKEN,  # tastytrade front-end
     TRADIER_DEMO_ACCOUNT,
@@ -38,6 +39,7 @@ __all__ = [
     "CLOSE_PONG_TIMEOUT",
     "DEMO_API_KEY",
     "INTERVAL_MS",
+    "PLACEHOLDER_API_KEY",
     "REAL_SERVER_INTERVALS",
     "TASTYTRADE_DEMO_ACCOUNT",
     "TASTYTRADE_DEMO_TOKEN",

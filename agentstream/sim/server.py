@@ -52,6 +52,9 @@ log = logging.getLogger("agentstream.sim")
 
 #: An API key that every simulated exchange accepts unless configured otherwise.
 DEMO_API_KEY = "ak_demo_agentstream"
+#: The SDK page's placeholder key, ``ak_live_...`` as printed: by default another name
+#: for :data:`DEMO_API_KEY` (the same account), so the page's examples run unchanged.
+PLACEHOLDER_API_KEY = "ak_live_..."
 
 # -- Tradier front-end (agentstream/sim/tradier.py) -------------------------------------
 #: A Tradier bearer token every simulated exchange accepts unless configured otherwise.
@@ -96,6 +99,13 @@ class SimConfig:
     #: Valid API keys and each key's starting cash in USDT.
     api_keys: Mapping[str, Decimal] = field(
         default_factory=lambda: {DEMO_API_KEY: Decimal("10000")}
+    )
+    #: Other names of keys of ``api_keys``: an alias reaches its target's account (the
+    #: same orders and portfolio, the same sockets for private events), and is refused
+    #: when the target is not one of ``api_keys`` or is revoked. By default the SDK
+    #: page's placeholder ``ak_live_...`` is the demo key.
+    api_key_aliases: Mapping[str, str] = field(
+        default_factory=lambda: {PLACEHOLDER_API_KEY: DEMO_API_KEY}
     )
     #: Trades per second across all pairs.
     tick_rate: float = 200.0
@@ -689,10 +699,20 @@ class SimExchange:
         return self._snapshot(self._account_or_raise(api_key))
 
     def _account_or_raise(self, api_key: str) -> Account:
-        acct = self.accounts.get(api_key)
-        if acct is None or api_key in self._revoked:
+        acct = self._account_of(api_key)
+        if acct is None:
             raise OrderError("INVALID_API_KEY", "Invalid API key.", status=401)
         return acct
+
+    def _account_of(self, api_key: str) -> Account | None:
+        """The account ``api_key`` (or the key it is an alias of) reaches, if valid."""
+        if api_key not in self.accounts:
+            if api_key in self._revoked:
+                return None
+            api_key = self.config.api_key_aliases.get(api_key, api_key)
+        if api_key in self._revoked:
+            return None
+        return self.accounts.get(api_key)
 
     # -- faults -----------------------------------------------------------------------
 
@@ -1021,7 +1041,7 @@ class SimExchange:
         if refused is not None:
             return refused
         key = request.query.get("api_key", "")
-        account = self.accounts.get(key) if key not in self._revoked else None
+        account = self._account_of(key)
         if account is None:
             self.stats.auth_failures += 1
             if self.config.auth_failure == "http":

@@ -580,7 +580,7 @@ def test_redis_urls_are_shown_without_their_password() -> None:
 async def test_the_command_bridges_and_stops_on_ctrl_c(
     sim: SimExchange, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    env = {**os.environ, "AGENTSTREAM_API_KEY": DEMO_API_KEY}
+    env = {**os.environ, "AGENTEXCHANGE_API_KEY": DEMO_API_KEY}
     cmd = [
         *(sys.executable, "-m", "agentstream", "bridge", "--venue", "agentexchange"),
         *("--url", sim.url, "--to", redis_url, "--channel", "ticker:BTCUSDT"),
@@ -633,7 +633,7 @@ async def test_the_command_exits_1_on_a_refused_key_without_showing_it(
     sim: SimExchange, redis_url: str
 ) -> None:
     secret = "ak_live_wrong_0123456789abcdef"
-    env = {**os.environ, "AGENTSTREAM_API_KEY": secret}
+    env = {**os.environ, "AGENTEXCHANGE_API_KEY": secret}
     cmd = [
         *(sys.executable, "-m", "agentstream", "bridge", "--venue", "agentexchange"),
         *("--url", sim.url, "--to", redis_url, "--channel", "orders"),

@@ -1,18 +1,23 @@
-"""Every file in examples/ runs unchanged against a real simulated exchange.
+"""Every file in examples/ runs as its header says, against a real simulated exchange.
 
-The examples are the seed page's snippets (only the import line differs). Each runs in a
-subprocess with ``sys.executable``; ``AGENTSTREAM_BASE_URL`` points the ones that pass no
-``base_url`` at an in-process :class:`SimExchange`, and ``AGENTEXCHANGE_API_KEY`` /
-``AGENTEXCHANGE_WS_URL`` feed the ones that read them. Long-running examples are read
-until their expected output appears, then terminated and reaped; the others must exit
-by themselves with status 0.
+The seed page's snippets are its code (only the import line differs). Each example's
+header gives the command that runs it (a ``$ ...`` line after ``$ agentstream serve``);
+the test runs exactly that command in a subprocess, from the repository root, with
+``python`` as ``sys.executable``. The only help it gets is where the sim is (a free
+port, not 8000): ``AGENTSTREAM_BASE_URL``, ``AGENTEXCHANGE_WS_URL`` and the Tradier and
+tastytrade URLs. Keys come from the header's command or the sim's defaults (the page's
+placeholder ``ak_live_...`` is the demo account). Long-running examples are read until
+their expected output appears, then terminated and reaped; the others must exit by
+themselves with status 0.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,21 +30,21 @@ import anyio
 import anyio.abc
 import pytest
 
-from agentstream.sim import DEMO_API_KEY, SimExchange
+from agentstream.sim import DEMO_API_KEY, PLACEHOLDER_API_KEY, SimExchange
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-#: The key the seed page's snippets hard-code: the sim accepts it so they run unchanged.
-PAGE_KEY = "ak_live_..."
+#: The key the seed page's snippets hard-code: the sim's default alias of the demo key.
+PAGE_KEY = PLACEHOLDER_API_KEY
 DEADLINE = 15.0
 
 
 @contextlib.asynccontextmanager
 async def exchange() -> AsyncIterator[SimExchange]:
-    """A fast sim on a free port that accepts the page's key and the demo key."""
+    """A fast sim on a free port, with the default keys (demo key and its page alias)."""
     async with SimExchange(
         port=0,
         speed=120,
@@ -49,21 +54,25 @@ async def exchange() -> AsyncIterator[SimExchange]:
         portfolio_interval=0.5,
         ping_interval=0.5,
         pong_timeout=2,
-        api_keys={PAGE_KEY: Decimal("10000"), DEMO_API_KEY: Decimal("10000")},
     ) as sim:
         yield sim
 
 
 def example_env(sim: SimExchange) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
-    paths = [str(EXAMPLES), str(ROOT)]
+    """The test's environment, minus anything that could stand in for the header's
+    instructions (keys, tokens, URLs), plus where the sim listens."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AGENTSTREAM_", "AGENTEXCHANGE_", "TRADIER_", "TASTYTRADE_"))
+    }
+    paths = [str(ROOT)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env.update(
         PYTHONUNBUFFERED="1",
         PYTHONPATH=os.pathsep.join(paths),
         AGENTSTREAM_BASE_URL=sim.url,
-        AGENTEXCHANGE_API_KEY=DEMO_API_KEY,
         AGENTEXCHANGE_WS_URL=sim.url,
         TRADIER_BASE_URL=sim.http_url,
         TASTYTRADE_URL=sim.url + "/tastytrade",
@@ -72,11 +81,34 @@ def example_env(sim: SimExchange) -> dict[str, str]:
     return env
 
 
-def command(name: str) -> list[str]:
-    # decorators.py uses top-level `await`, as the page does: it runs under `agentstream run`.
-    if name == "decorators.py":
-        return [sys.executable, "-m", "agentstream", "run", name]
-    return [sys.executable, name]
+_COMMAND = re.compile(r"^\s*#?\s*\$ (.+)$", re.M)
+
+
+def header_commands(name: str) -> list[str]:
+    """The ``$ ...`` command lines of an example's header, in order."""
+    return _COMMAND.findall((EXAMPLES / name).read_text(encoding="utf-8"))
+
+
+def command(name: str) -> tuple[list[str], dict[str, str]]:
+    """The header's command that runs ``examples/name`` (the last ``$`` line; the one
+    before it, if any, starts the server): its argv, and the variables it sets."""
+    commands = header_commands(name)
+    assert commands, f"{name}: no `$ ...` command line in its header"
+    assert all(c.startswith("agentstream serve") for c in commands[:-1]), commands
+    words = shlex.split(commands[-1], comments=True)
+    env: dict[str, str] = {}
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    program, *args = words
+    if program == "python":
+        argv = [sys.executable, *args]
+    elif program == "agentstream":
+        argv = [sys.executable, "-m", "agentstream", *args]
+    else:
+        raise AssertionError(f"{name}: unexpected program {program!r}")
+    assert f"examples/{name}" in args, f"{name}: its command runs another file: {args}"
+    return argv, env
 
 
 class Example:
@@ -131,13 +163,17 @@ class Example:
 
 
 @contextlib.asynccontextmanager
-async def run_example(name: str, sim: SimExchange) -> AsyncIterator[Example]:
-    """Run ``examples/name``; on the way out terminate it (if alive) and reap it."""
+async def run_example(
+    name: str, sim: SimExchange, *, stdin: int = subprocess.DEVNULL
+) -> AsyncIterator[Example]:
+    """Run ``examples/name`` as its header says; on the way out terminate it (if alive)
+    and reap it."""
+    argv, extra = command(name)
     process = await anyio.open_process(
-        command(name),
-        cwd=EXAMPLES,
-        env=example_env(sim),
-        stdin=subprocess.DEVNULL,
+        argv,
+        cwd=ROOT,
+        env={**example_env(sim), **extra},
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -173,15 +209,32 @@ def subscribed(sim: SimExchange, *keys: str) -> Callable[[], bool]:
 
 
 def test_every_example_is_covered() -> None:
-    covered = {*SELF_EXITING, *STREAMING, "channels.py", "async_event_loop.py"}
-    assert len(covered) == 10
+    covered = {
+        *SELF_EXITING,
+        *STREAMING,
+        "channels.py",
+        "async_event_loop.py",
+        "run_forever.py",
+        "agent_setup.py",
+        "agent_tool.py",
+    }
+    assert len(covered) == 11
     assert {p.name for p in EXAMPLES.glob("*.py")} == covered
+
+
+def test_every_header_says_how_to_run_it() -> None:
+    for path in EXAMPLES.glob("*.py"):
+        argv, env = command(path.name)
+        assert argv[0] == sys.executable
+        # A key the seed's code reads from the environment is set on the command line.
+        if 'os.environ["AGENTEXCHANGE_API_KEY"]' in path.read_text(encoding="utf-8"):
+            assert env == {"AGENTEXCHANGE_API_KEY": DEMO_API_KEY}, path.name
+        if path.name not in ("construction.py", "price_stream.py"):  # they connect nowhere
+            assert header_commands(path.name)[0].startswith("agentstream serve"), path.name
 
 
 SELF_EXITING = [
     "construction.py",
-    "run_forever.py",
-    "agent_setup.py",
     "price_stream.py",
     "tradier_orders.py",
     "tastytrade_orders.py",
@@ -277,6 +330,46 @@ async def test_async_event_loop_example() -> None:
         assert Decimal(m.group(1)) == Decimal("0.01")
         assert Decimal(m.group(2)) > 0
         assert ex.returncode() is None, ex.report()
+
+
+@pytest.mark.anyio
+async def test_agent_setup_prints_the_cached_price_and_exits() -> None:
+    async with exchange() as sim, run_example("agent_setup.py", sim) as ex:
+        assert await ex.exited() == 0, ex.report()
+    m = re.fullmatch(r"BTC \(from cache\): \$(\d+\.\d+)\n", ex.stdout)
+    assert m is not None, ex.report()
+    assert Decimal(m.group(1)) > 0
+    assert "Traceback" not in ex.stderr, ex.report()
+
+
+@pytest.mark.anyio
+async def test_run_forever_prints_in_the_background_under_python_i() -> None:
+    async with exchange() as sim, run_example("run_forever.py", sim, stdin=subprocess.PIPE) as ex:
+        await ex.expect(r"BTC: \$\d+(\.\d+)?\n")
+        assert ex.returncode() is None, "the interpreter keeps it alive"
+        stdin = ex.process.stdin
+        assert stdin is not None
+        await stdin.aclose()  # Ctrl-D: leave the interpreter
+        assert await ex.exited() == 0, ex.report()
+    assert "Traceback" not in ex.stderr, ex.report()
+
+
+@pytest.mark.anyio
+async def test_agent_tool_buys_from_the_cached_price_and_respects_its_limit() -> None:
+    async with exchange() as sim, run_example("agent_tool.py", sim) as ex:
+        assert await ex.exited() == 0, ex.report()
+        bought, refused = (json.loads(line) for line in ex.stdout.splitlines())
+        # The order is real: the sim's demo account (the tool's default key) holds it.
+        order = sim.accounts[DEMO_API_KEY].orders[bought["order_id"]].event()
+    assert bought["ok"] is True, bought
+    assert (bought["symbol"], bought["status"], order["status"]) == ("BTCUSDT", "filled", "filled")
+    assert Decimal(bought["executed_quantity"]) == Decimal("0.01")
+    assert Decimal(bought["executed_price"]) == Decimal(order["executed_price"])
+    assert Decimal(bought["cached_price"]) > 0
+    assert refused["ok"] is False
+    assert "above the limit 1: nothing bought" in refused["error"]
+    assert len(sim.accounts[DEMO_API_KEY].orders) == 1, "the refused call placed nothing"
+    assert "Traceback" not in ex.stderr, ex.report()
 
 
 @pytest.mark.anyio

@@ -17,7 +17,13 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 from agentstream.cli import _sim_config, build_parser
-from agentstream.sim import DEMO_API_KEY, INTERVAL_MS, REAL_SERVER_INTERVALS, SimConfig
+from agentstream.sim import (
+    DEMO_API_KEY,
+    INTERVAL_MS,
+    PLACEHOLDER_API_KEY,
+    REAL_SERVER_INTERVALS,
+    SimConfig,
+)
 from tests.sim.helpers import expect_end, on, recv_until, subscribe
 
 if TYPE_CHECKING:
@@ -150,6 +156,10 @@ def serve_config(*argv: str) -> SimConfig:
 
 def test_serve_defaults_match_the_sim_defaults() -> None:
     config, default = serve_config(), SimConfig()
+    # The SDK page's placeholder key is the demo account's other name, unless --key.
+    assert config.api_key_aliases == default.api_key_aliases == {PLACEHOLDER_API_KEY: DEMO_API_KEY}
+    assert set(config.api_keys) == {DEMO_API_KEY}
+    assert set(serve_config("--key", "ak_mine").api_keys) == {"ak_mine"}
     assert config.candle_intervals == default.candle_intervals == tuple(INTERVAL_MS)
     assert config.private_to_all_sockets is default.private_to_all_sockets is True
     assert config.sparse_order_events is default.sparse_order_events is False

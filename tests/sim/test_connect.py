@@ -7,8 +7,8 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from agentstream.sim import CLOSE_AUTH_FAILED, DEMO_API_KEY, SimExchange
-from tests.sim.helpers import expect_end, fast_sim, subscribe
+from agentstream.sim import CLOSE_AUTH_FAILED, DEMO_API_KEY, PLACEHOLDER_API_KEY, SimExchange
+from tests.sim.helpers import expect_end, fast_sim, recv_until, subscribe
 
 pytestmark = pytest.mark.anyio
 
@@ -70,6 +70,52 @@ async def test_configured_keys_each_have_their_own_account(
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await session.ws_connect(sim.ws_url(DEMO_API_KEY))
         assert info.value.status == 403
+
+
+async def test_the_sdk_pages_placeholder_key_is_the_demo_account(
+    session: aiohttp.ClientSession,
+) -> None:
+    """``ak_live_...`` as the page prints it reaches the demo key's account: its orders
+    stream to the demo key's sockets, and the demo key's to its sockets."""
+    assert PLACEHOLDER_API_KEY == "ak_live_..."
+    async with (
+        fast_sim() as sim,
+        session.ws_connect(sim.ws_url(PLACEHOLDER_API_KEY)) as page,
+        session.ws_connect(sim.ws_url(DEMO_API_KEY)) as demo,
+    ):
+        for ws in (page, demo):
+            assert (await subscribe(ws, channel="orders"))["type"] == "subscribed"
+        async with session.post(
+            f"{sim.http_url}/api/v1/trade/order",
+            headers={"X-API-Key": PLACEHOLDER_API_KEY},
+            json={"symbol": "BTCUSDT", "side": "buy", "type": "market", "quantity": "0.01"},
+        ) as r:
+            assert r.status == 201, await r.text()
+            order_id = (await r.json())["order_id"]
+        for ws in (page, demo):
+            await recv_until(
+                ws, lambda m: m.get("channel") == "orders" and m["data"]["order_id"] == order_id
+            )
+        cash = sim.portfolio(DEMO_API_KEY)["available_cash"]
+        assert Decimal(cash) < 10000
+        assert sim.portfolio(PLACEHOLDER_API_KEY)["available_cash"] == cash
+        assert list(sim.accounts) == [DEMO_API_KEY]  # one account, two names
+        # Revoking the demo key refuses its other name too.
+        await sim.revoke_key(DEMO_API_KEY)
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await session.ws_connect(sim.ws_url(PLACEHOLDER_API_KEY))
+
+
+async def test_the_placeholder_key_is_refused_when_keys_are_configured(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with fast_sim(api_keys={"ak_alice": Decimal("5000")}) as sim:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(sim.ws_url(PLACEHOLDER_API_KEY))
+        assert info.value.status == 403
+    async with fast_sim(api_key_aliases={}) as sim:
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await session.ws_connect(sim.ws_url(PLACEHOLDER_API_KEY))
 
 
 async def test_url_paths_other_than_ws_v1_are_not_the_endpoint(
