@@ -34,9 +34,10 @@ latency
     ``bench.server`` in rate mode (its own process) sends ``--rates`` ticker frames per
     second for one symbol, each stamped with its send time (``time.monotonic_ns()``, a
     clock every process shares) as its ``quantity``. This process bridges them; a reader
-    process (a plain ``XREAD BLOCK`` loop, a stand-in for ``RedisBus``) decodes each entry
-    and records ``monotonic_ns() - stamp``: the time from the server's send to the
-    reader having the decoded event. p50 / p99 / max over the frames sent after a 0.5 s
+    process (``--consumer redisbus``, the default: a ``RedisBus`` in a consumer group with
+    a sync ``on_ticker`` handler; ``xread``: a plain ``XREAD BLOCK`` loop that decodes
+    each entry) records ``monotonic_ns() - stamp``: the time from the server's send to
+    the handler's call (or the decoded entry). p50 / p99 / max over the frames sent after a 0.5 s
     warm-up.
 """
 
@@ -144,7 +145,12 @@ async def _start_rate_server(rate: int, duration: float) -> tuple[asyncio.subpro
 
 
 async def fixed_rate(
-    rate: int, seconds: float, *, channel: str = "ticker:BTCUSDT", read: bool = True
+    rate: int,
+    seconds: float,
+    *,
+    channel: str = "ticker:BTCUSDT",
+    read: bool = True,
+    consumer: str = "redisbus",
 ) -> dict[str, Any]:
     """bench.server at ``rate`` frames/s -> the bridge -> Redis (-> the reader)."""
     logging.getLogger("agentstream").setLevel(logging.ERROR)
@@ -154,7 +160,7 @@ async def fixed_rate(
         if read:
             reader = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "bench.bus", "reader", server.url, stream),
-                *("--seconds", f"{seconds + 10:g}"),
+                *("--seconds", f"{seconds + 10:g}", "--consumer", consumer),
                 cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE,
             )
@@ -271,6 +277,42 @@ async def reader(url: str, stream: str, seconds: float) -> dict[str, Any]:
                 count += 1
                 if stamp >= warm_until:
                     lat_us.append((now_ns - stamp) // 1000)
+    return _summary(lat_us, count)
+
+
+async def bus_reader(url: str, seconds: float) -> dict[str, Any]:
+    """A RedisBus consumer (group ``bench``, from the start): latency to its handler call."""
+    from agentstream.bus import RedisBus
+
+    lat_us: list[int] = []
+    count = 0
+    warm_until = time.monotonic_ns() + int(10e9)  # set from the first entry
+    last = time.monotonic()
+    bus = RedisBus(url, group="bench", consumer="bench-1", start="0")
+
+    @bus.on_ticker("BTCUSDT")
+    def on_tick(data: dict[str, Any]) -> None:
+        nonlocal count, warm_until, last
+        now_ns = time.monotonic_ns()
+        stamp = int(data["quantity"])
+        if count == 0:
+            warm_until = stamp + int(0.5e9)
+        count += 1
+        last = time.monotonic()
+        if stamp >= warm_until:
+            lat_us.append((now_ns - stamp) // 1000)
+
+    task = asyncio.create_task(bus.connect())
+    print("ready", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (count and time.monotonic() - last > 1.5):
+        await asyncio.sleep(0.1)
+    await bus.disconnect()
+    await task
+    return _summary(lat_us, count)
+
+
+def _summary(lat_us: list[int], count: int) -> dict[str, Any]:
     lat_us.sort()
 
     def pct(q: float) -> float | None:
@@ -330,10 +372,15 @@ async def main_async(args: argparse.Namespace) -> int:
         )
         print(json.dumps({"sustained": run}), flush=True)
     for rate in args.rates:
-        lat = await fixed_rate(rate, args.latency_seconds)
+        lat = await fixed_rate(rate, args.latency_seconds, consumer=args.consumer)
+        reader = (
+            "a RedisBus handler (its own process)"
+            if args.consumer == "redisbus"
+            else "an XREAD reader, decoded"
+        )
         print(
-            f"== latency at {rate:,} events/s (bench.server send -> Bridge -> Redis -> XREAD "
-            f"reader, decoded): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max "
+            f"== latency at {rate:,} events/s (bench.server send -> Bridge -> Redis -> "
+            f"{reader}): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max "
             f"{lat['max_ms']} ms over {lat['measured']:,} events "
             f"(read {lat['read']:,}, bridge conflated {lat['bridge_conflated']})",
             flush=True,
@@ -349,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("url")
         p.add_argument("stream")
         p.add_argument("--seconds", type=float, default=30.0)
+        p.add_argument("--consumer", choices=["redisbus", "xread"], default="redisbus")
         a = p.parse_args(argv[1:])
-        print(json.dumps(asyncio.run(reader(a.url, a.stream, a.seconds))), flush=True)
+        if a.consumer == "xread":
+            result = asyncio.run(reader(a.url, a.stream, a.seconds))
+        else:
+            result = asyncio.run(bus_reader(a.url, a.seconds))
+        print(json.dumps(result), flush=True)
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench bus", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="throughput window")
@@ -368,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-seconds", type=float, default=5.0, help="per latency run")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--consumer",
+        choices=["redisbus", "xread"],
+        default="redisbus",
+        help="the latency runs' reader: a RedisBus handler (default) or a plain XREAD loop",
+    )
     parser.add_argument(
         "--restart-seconds",
         type=float,
