@@ -15,6 +15,8 @@ Benchmarks:
     bus            the Redis bridge: events/s sustained into Redis from the firehose,
                    CPU, conflation; latency send -> Redis -> a reader at fixed rates
                    (see docs/scale-out.md)
+    bus_consumer   the RedisBus consumer: entries/s handled and acknowledged by 1 and 3
+                   processes, and XADD -> handler latency (see docs/scale-out-consumers.md)
 
 Examples:
     python -m bench                                    # the full comparison
@@ -32,7 +34,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ("compare", "reliability", "sim_firehose", "staleness", "bus")
+BENCHMARKS = ("compare", "reliability", "sim_firehose", "staleness", "bus", "bus_consumer")
 
 
 def main(argv: list[str]) -> int:
