@@ -12,12 +12,10 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -32,14 +30,14 @@ from agentstream.sim import (
     TRADIER_DEMO_ACCOUNT,
     SimExchange,
 )
+from tests.proc import DEADLINE, ROOT, Proc, spawn
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[2]
-DEADLINE = 15.0
 WRONG_KEY = "ak_live_TAILWRONGKEY0123456789abcdef"
 
 
@@ -56,55 +54,7 @@ async def fast_sim() -> AsyncIterator[SimExchange]:
         yield sim
 
 
-class Tail:
-    """A running ``agentstream tail`` and everything it printed so far."""
-
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self.process = process
-        self.stdout = ""
-        self.stderr = ""
-
-    async def _read(self, stream: anyio.abc.ByteReceiveStream | None, attr: str) -> None:
-        assert stream is not None
-        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
-            async for chunk in stream:
-                setattr(self, attr, getattr(self, attr) + chunk.decode(errors="replace"))
-
-    def report(self) -> str:
-        return (
-            f"return code {self.process.returncode}\n--- stdout ---\n{self.stdout[-3000:]}"
-            f"\n--- stderr ---\n{self.stderr[-3000:]}"
-        )
-
-    async def expect(
-        self, pattern: str, *, on: str = "stdout", timeout: float = DEADLINE
-    ) -> re.Match[str]:
-        """Wait until stdout (or stderr) matches ``pattern``; fail the test otherwise."""
-        regex = re.compile(pattern, re.M)
-        deadline = time.monotonic() + timeout
-        while True:
-            if (m := regex.search(getattr(self, on))) is not None:
-                return m
-            if self.process.returncode is not None:
-                await anyio.sleep(0.1)  # let the readers drain the pipes
-                if (m := regex.search(getattr(self, on))) is not None:
-                    return m
-                pytest.fail(f"exited before printing {pattern!r} on {on}: {self.report()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {pattern!r} on {on} within {timeout} s: {self.report()}")
-            await anyio.sleep(0.02)
-
-    async def exited(self, timeout: float = DEADLINE) -> int:
-        with anyio.move_on_after(timeout):
-            code = await self.process.wait()
-            await anyio.sleep(0.05)  # let the readers drain the pipes
-            return code
-        pytest.fail(f"did not exit within {timeout} s: {self.report()}")
-
-    async def interrupt(self) -> int:
-        """Ctrl-C, as a terminal sends it: SIGINT; return the exit code."""
-        self.process.send_signal(signal.SIGINT)
-        return await self.exited()
+Tail = Proc
 
 
 def tail_env(**extra: str) -> dict[str, str]:
@@ -120,29 +70,13 @@ def tail_env(**extra: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def run_tail(*argv: str, **env: str) -> AsyncIterator[Tail]:
-    """Run ``agentstream tail argv``; on the way out kill it (if alive) and reap it."""
-    process = await anyio.open_process(
+    """Run ``agentstream tail argv``; on the way out stop it (if alive) and reap it."""
+    async with spawn(
+        "agentstream tail",
         [sys.executable, "-m", "agentstream", "tail", *argv],
-        cwd=ROOT,
         env=tail_env(**env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        # A test runner may ignore SIGINT in its children; Ctrl-C must reach this one.
-        start_new_session=True,
-    )
-    async with process:
-        tail = Tail(process)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(tail._read, process.stdout, "stdout")
-            tg.start_soon(tail._read, process.stderr, "stderr")
-            try:
-                yield tail
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if process.returncode is None:
-                        process.kill()
-                    await process.wait()
+    ) as tail:
+        yield tail
 
 
 def assert_clean(tail: Tail) -> None:
@@ -471,21 +405,14 @@ async def test_ctrl_c_stops_agentstream_run_in_one_line(tmp_path: Path) -> None:
         "ws.on_ticker('BTCUSDT', lambda d: print('price', d['price'], flush=True))\n"
         "await ws.connect()\n"  # the script's own loop, under `agentstream run`
     )
-    async with fast_sim() as sim:
-        process = await anyio.open_process(
+    async with (
+        fast_sim() as sim,
+        spawn(
+            "agentstream run",
             [sys.executable, "-m", "agentstream", "run", str(script), sim.url],
-            cwd=ROOT,
             env=tail_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        async with process:
-            run = Tail(process)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run._read, process.stdout, "stdout")
-                tg.start_soon(run._read, process.stderr, "stderr")
-                await run.expect(r"price \d")
-                assert await run.interrupt() == 130
+        ) as run,
+    ):
+        await run.expect(r"price \d")
+        assert await run.interrupt() == 130
     assert run.stderr.strip() == "agentstream run: stopped (Ctrl-C)", run.report()

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,15 +30,15 @@ import anyio.abc
 import pytest
 
 from agentstream.sim import DEMO_API_KEY, PLACEHOLDER_API_KEY, SimExchange
+from tests.proc import DEADLINE, ROOT, Proc, spawn
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 #: The key the seed page's snippets hard-code: the sim's default alias of the demo key.
 PAGE_KEY = PLACEHOLDER_API_KEY
-DEADLINE = 15.0
 
 
 @contextlib.asynccontextmanager
@@ -111,89 +110,18 @@ def command(name: str) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-class Example:
-    """A running example: its process and everything it printed so far."""
-
-    def __init__(self, name: str, process: anyio.abc.Process) -> None:
-        self.name = name
-        self.process = process
-        self.stdout = ""
-        self.stderr = ""
-
-    async def _read(self, stream: anyio.abc.ByteReceiveStream | None, attr: str) -> None:
-        assert stream is not None
-        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
-            async for chunk in stream:
-                setattr(self, attr, getattr(self, attr) + chunk.decode(errors="replace"))
-
-    def returncode(self) -> int | None:
-        """The exit status, or None while it runs (a method: mypy must not narrow it)."""
-        return self.process.returncode
-
-    def report(self) -> str:
-        return (
-            f"{self.name} (return code {self.process.returncode})\n"
-            f"--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}"
-        )
-
-    async def expect(self, pattern: str, timeout: float = DEADLINE) -> re.Match[str]:
-        """Wait until stdout matches ``pattern`` (a regex); fail the test otherwise."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = regex.search(self.stdout)
-            if m is not None:
-                return m
-            if self.process.returncode is not None:
-                await anyio.sleep(0.1)  # let the readers drain the pipes
-                if (m := regex.search(self.stdout)) is not None:
-                    return m
-                pytest.fail(f"exited before printing {pattern!r}: {self.report()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {pattern!r} within {timeout} s: {self.report()}")
-            await anyio.sleep(0.02)
-
-    async def exited(self, timeout: float = DEADLINE) -> int:
-        """Wait for the example to exit by itself; return its code."""
-        with anyio.move_on_after(timeout):
-            code = await self.process.wait()
-            await anyio.sleep(0.05)  # let the readers drain the pipes
-            return code
-        pytest.fail(f"did not exit within {timeout} s: {self.report()}")
+Example = Proc
 
 
 @contextlib.asynccontextmanager
 async def run_example(
     name: str, sim: SimExchange, *, stdin: int = subprocess.DEVNULL
 ) -> AsyncIterator[Example]:
-    """Run ``examples/name`` as its header says; on the way out terminate it (if alive)
-    and reap it."""
+    """Run ``examples/name`` as its header says; on the way out stop it (if alive) and
+    reap it."""
     argv, extra = command(name)
-    process = await anyio.open_process(
-        argv,
-        cwd=ROOT,
-        env={**example_env(sim), **extra},
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    async with process:
-        ex = Example(name, process)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ex._read, process.stdout, "stdout")
-            tg.start_soon(ex._read, process.stderr, "stderr")
-            try:
-                yield ex
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if process.returncode is None:
-                        process.terminate()
-                        with anyio.move_on_after(5):
-                            await process.wait()
-                    if process.returncode is None:
-                        process.kill()
-                        await process.wait()
-    assert process.returncode is not None  # reaped
+    async with spawn(name, argv, env={**example_env(sim), **extra}, stdin=stdin) as ex:
+        yield ex
 
 
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
@@ -385,20 +313,8 @@ async def test_ctrl_c_stops_run_forever_in_one_line(tmp_path: Path) -> None:
         "ws.run_forever()\n"
         "print('after run_forever', flush=True)\n"
     )
-    async with exchange() as sim:
-        process = await anyio.open_process(
-            [sys.executable, str(script), sim.url],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        async with process:
-            ex = Example("bot.py", process)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(ex._read, process.stdout, "stdout")
-                tg.start_soon(ex._read, process.stderr, "stderr")
-                await ex.expect("connected\n")
-                process.send_signal(signal.SIGINT)
-                assert await ex.exited() == 0, ex.report()
+    async with exchange() as sim, spawn("bot.py", [sys.executable, str(script), sim.url]) as ex:
+        await ex.expect("connected\n")
+        assert await ex.interrupt() == 0, ex.report()
     assert "after run_forever" in ex.stdout, ex.report()
     assert ex.stderr.strip() == "Ctrl-C: stopping", ex.report()
