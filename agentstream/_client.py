@@ -734,15 +734,7 @@ class StreamClient:
             channel = Channel.of(spec, symbol, interval)
         else:
             channel = None
-        slot = Slot(
-            channel or kind,
-            None,
-            model=model,
-            conflate=conflation_key_for(spec),
-            partial=True,
-            max_queue=self._queue_size,
-            conflated_into=self._conflated,
-        )
+        slot = self._new_listen_slot(channel or kind, model, conflation_key_for(spec))
         with self._lock:
             self._listen_slots.add(slot)
             if channel is not None:
@@ -762,6 +754,7 @@ class StreamClient:
                     return
                 yield event
         finally:
+            self._listen_ended(slot)
             with self._lock:
                 slot.retire()
                 self._listen_slots.discard(slot)
@@ -774,6 +767,27 @@ class StreamClient:
                 else:
                     self._kind_listeners.get(kind, []).remove(slot)
             self._schedule_reconcile()
+
+    def _new_listen_slot(
+        self, channel: Channel | str, model: type[Any], conflate: Callable[[Any], object] | None
+    ) -> Slot:
+        """The slot of a ``listen()`` iterator (``conflate``: its kind's conflation key).
+
+        A hook, as :meth:`_new_slot`: the bus never conflates what a loop gets.
+        """
+        return Slot(
+            channel,
+            None,
+            model=model,
+            conflate=conflate,
+            partial=True,
+            max_queue=self._queue_size,
+            conflated_into=self._conflated,
+        )
+
+    def _listen_ended(self, slot: Slot) -> None:
+        """A ``listen()`` loop ended (before its slot is unregistered); a hook for clients
+        that must release what the loop held (the bus leaves its entries for a retry)."""
 
     async def _next_or_end(self, slot: Slot) -> Any:
         while not slot.queue:

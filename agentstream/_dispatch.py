@@ -146,10 +146,14 @@ def conflation_key_for(kind: Kind) -> Callable[[Any], object] | None:
             return (symbol, interval)
         if final is not None and getattr(event, final, False):
             return None
+        # No symbol (or interval): kept. A (None, None) key would merge unrelated events.
         symbol = getattr(event, "symbol", None)
+        if not isinstance(symbol, str):
+            return None
         if not with_interval:
             return symbol
-        return (symbol, getattr(event, "interval", None))
+        interval = getattr(event, "interval", None)
+        return (symbol, interval) if isinstance(interval, str) else None
 
     return key
 

@@ -3,7 +3,8 @@
 Also the secret audit of the whole suite: every log record of every logger, at DEBUG,
 is searched for API keys (the sim's demo key, every ``ak_...`` key the tests and
 examples use, any unmasked ``ak_live_`` / ``ak_test_`` key, any unmasked ``api_key=``
-query). A test during which a key leaks fails, naming the record. With
+query) and for URLs with a password in clear (``redis://:pw@host``). A test during
+which a key leaks fails, naming the record. With
 ``AGENTSTREAM_SECRET_AUDIT=<path>`` the totals are written there as JSON at the end:
 ``{"records_checked": N, "leaks": K, "examples": [...]}`` (examples are masked).
 """
@@ -39,6 +40,8 @@ _KEY_LITERAL = re.compile(r"""["'](ak_[^"'\s…*]+)["']""")
 _RUNTIME_KEY = r"\bak_(?:live|test)_[A-Za-z0-9]{8,}"
 #: A URL with its key in clear (mask_url turns the value into ``***``).
 _CLEAR_QUERY = r"\bapi_?key=(?!\*\*\*)[^\s&#'\"<>]+"
+#: A URL with a password in its user info (``redis://:pw@host``; mask_url: ``:***@``).
+_CLEAR_USERINFO = r"\b[a-z][a-z0-9+.-]*://[^\s/?#@:'\"<>]*:(?!\*\*\*@)[^\s/?#'\"<>]+@"
 
 
 def known_keys(root: Path = _ROOT) -> set[str]:
@@ -53,7 +56,9 @@ def known_keys(root: Path = _ROOT) -> set[str]:
 def secret_pattern(keys: Iterable[str]) -> re.Pattern[str]:
     """One regex for every secret: known keys as whole tokens, plus the generic shapes."""
     literal = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
-    return re.compile(rf"(?<![\w])(?:{literal})(?![\w])|{_RUNTIME_KEY}|{_CLEAR_QUERY}")
+    return re.compile(
+        rf"(?<![\w])(?:{literal})(?![\w])|{_RUNTIME_KEY}|{_CLEAR_QUERY}|{_CLEAR_USERINFO}"
+    )
 
 
 @dataclass(frozen=True)

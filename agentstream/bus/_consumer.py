@@ -118,22 +118,31 @@ class BusStats(_Stats):
 class _Envelope:
     """One entry on its way through its handlers."""
 
-    __slots__ = ("error", "remaining", "token")
+    __slots__ = ("error", "items", "remaining", "returned", "token")
 
     def __init__(self, token: Hashable) -> None:
         self.token = token
+        #: Handlers (items) yet to return or be dropped.
         self.remaining = 0
         self.error: BaseException | None = None
+        #: Whether a handler returned (or raised) for it: an entry whose every other
+        #: handler was removed is then settled, not left for a retry.
+        self.returned = False
+        #: One item per handler the entry went to.
+        self.items: list[_Item] = []
 
 
 class _Item:
-    """What a bus handler's queue holds: the event and the entry it came from."""
+    """What a bus handler's queue holds: the event, the entry it came from, the slot."""
 
-    __slots__ = ("envelope", "event")
+    __slots__ = ("done", "envelope", "event", "slot")
 
-    def __init__(self, envelope: _Envelope, event: Any) -> None:
+    def __init__(self, envelope: _Envelope, event: Any, slot: Slot) -> None:
         self.envelope = envelope
         self.event = event
+        self.slot = slot
+        #: The handler returned, raised, or the item was dropped: counted once.
+        self.done = False
 
 
 class BusClient(StreamClient):
@@ -223,39 +232,58 @@ class BusClient(StreamClient):
     # -- settling ---------------------------------------------------------------------
 
     def _item_done(self, item: _Item) -> None:
+        if item.done:
+            return  # dropped (its handler was removed, or the run ended)
+        item.done = True
         env = item.envelope
-        if env.remaining <= 0:
-            return  # abandoned (its handler was removed, or the run ended)
+        env.returned = True
         env.remaining -= 1
         if env.remaining == 0:
-            self._in_flight -= 1
-            self._envelopes.pop(env.token, None)
-            self._settle(env.token, env.error)
+            self._finish(env)
 
-    def _abandon(self, slot: Slot | None = None) -> list[Hashable]:
-        """Forget the entries queued for ``slot`` (it was removed), or with ``None`` every
-        entry on its way (the run ended): they are not settled, so they stay pending in
-        the broker and are delivered again. Returns their tokens."""
+    def _finish(self, env: _Envelope) -> None:
+        """Every handler of the entry returned or was removed: settle it, or (no handler
+        returned for it) leave it unsettled, pending in the broker for a retry."""
+        self._in_flight -= 1
+        self._envelopes.pop(env.token, None)
+        if env.returned:
+            self._settle(env.token, env.error)
+        else:
+            self._abandoned(env.token)
+
+    def _abandon(self, slot: Slot | None = None) -> None:
+        """Drop what ``slot`` (removed, or a ``listen()`` that ended) still had to handle:
+        its queued entries and the one it is handling. An entry nobody else handles is
+        not settled: it stays pending in the broker and is delivered again (see
+        :meth:`_abandoned`); one that other handlers had or still have settles with
+        them. With ``None`` (the run ended): every entry on its way, none settled."""
         if slot is None:
-            envelopes = list(self._envelopes.values())
             for s in [*self._running_slots, *self._listen_items, *self._listen_slots]:
                 s.queue.clear()  # (only items: undelivered entries of this run)
             self._listen_items.clear()
-        else:
-            items = [ev for ev in slot.queue if isinstance(ev, _Item)]
-            held = self._listen_items.pop(slot, None)
-            if held is not None:
-                items.append(held)
-            slot.queue.clear()
-            envelopes = [it.envelope for it in items]
-        tokens = []
-        for env in envelopes:
-            if env.remaining > 0:
+            for env in list(self._envelopes.values()):
+                for it in env.items:
+                    it.done = True
                 env.remaining = 0
                 self._in_flight -= 1
                 self._envelopes.pop(env.token, None)
-                tokens.append(env.token)
-        return tokens
+                self._abandoned(env.token)
+            return
+        self._listen_items.pop(slot, None)
+        slot.queue.clear()
+        # Its items not done: queued, held by a listen() loop, or in a call being
+        # cancelled (or in a worker thread left to finish it: its return is ignored).
+        for env in list(self._envelopes.values()):
+            for it in env.items:
+                if it.slot is slot and not it.done:
+                    it.done = True
+                    env.remaining -= 1
+                    if env.remaining == 0:
+                        self._finish(env)
+
+    def _abandoned(self, token: Hashable) -> None:
+        """An entry left unsettled (its handlers removed, or the run ended): the engine
+        forgets it here; the broker delivers it again. Called on the loop's thread."""
 
     def _done_from_thread(self, item: _Item) -> None:
         loop = self._loop
@@ -266,7 +294,7 @@ class BusClient(StreamClient):
 
     def _slot_failed(self, slot: Slot, exc: BaseException, item: Any) -> None:
         if isinstance(item, _Item):
-            if item.envelope.error is None:
+            if item.envelope.error is None and not item.done:
                 item.envelope.error = exc
             self._item_done(item)
             item = item.event
@@ -278,6 +306,19 @@ class BusClient(StreamClient):
         Called on the event loop's thread. The engine acknowledges it, or not.
         """
         raise NotImplementedError
+
+    def _new_listen_slot(
+        self, channel: Channel | str, model: type[Any], conflate: Callable[[Any], object] | None
+    ) -> Slot:
+        # Each entry reaches the loop (and is acknowledged when it asks for the next):
+        # never conflated, as a bus handler.
+        return super()._new_listen_slot(channel, model, None)
+
+    def _listen_ended(self, slot: Slot) -> None:
+        # A loop left (break, return, exception): the entry it was given and those
+        # queued for it are not acknowledged; they are delivered again (claim_idle).
+        if self._loop is not None:
+            self._abandon(slot)
 
     async def _next_or_end(self, slot: Slot) -> Any:
         # listen(): the previous entry is settled when the loop body asks for the next.
@@ -337,10 +378,11 @@ class BusClient(StreamClient):
             return False
         env = _Envelope(token)
         env.remaining = len(targets)
+        env.items = items = [_Item(env, event, slot) for slot, event in targets]
         self._in_flight += 1
         self._envelopes[token] = env
-        for slot, event in targets:
-            slot.push(_Item(env, event))
+        for item in items:
+            item.slot.push(item)
         return True
 
     def _typed(self, model: type[Any] | None, entry: Entry) -> Any:
@@ -423,6 +465,8 @@ class BusClient(StreamClient):
             dropped_frames=self._bad_entries,
             invalid_events=self._bus_invalid,
             handler_errors=self._handler_errors,
+            # Always 0: a bus handler or listen() gets every entry (never conflated).
+            conflated=sum(self._conflated.values()) + sum(s.conflated for s in slots),
             gaps=self._gap_count,
             queued=sum(len(s.queue) for s in slots),
             losses=self._loss_count,

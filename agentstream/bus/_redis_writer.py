@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
+from agentstream._redact import mask_url
 from agentstream.bus._codec import GAP, LOSS
 
 if TYPE_CHECKING:
@@ -47,22 +47,13 @@ class WriteResult:
 
 
 def mask_redis_url(url: str) -> str:
-    """The URL without its password, for logs.
+    """The URL without its password, for logs (``agentstream._redact.mask_url``).
 
     Example:
         >>> mask_redis_url("redis://user:s3cret@127.0.0.1:6379/0")
         'redis://user:***@127.0.0.1:6379/0'
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<redis url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, ""))
+    return mask_url(url)
 
 
 def _transient(exc: Exception) -> bool:

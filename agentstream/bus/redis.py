@@ -42,7 +42,12 @@ from agentstream.backoff import Backoff
 from agentstream.bus._codec import decode_entry, stream_key
 from agentstream.bus._consumer import BusClient, BusStats, DeadLettered
 from agentstream.client import AgentExchangeHandlers
-from agentstream.errors import ConfigurationError, DecodeError, StreamConnectionError
+from agentstream.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DecodeError,
+    StreamConnectionError,
+)
 from agentstream.tastytrade.client import TastytradeHandlers
 from agentstream.tradier.client import TradierHandlers
 
@@ -76,6 +81,23 @@ def _protocol(venue: str) -> VenueProtocol:
 
         return TastytradeProtocol("ws://127.0.0.1")
     raise ConfigurationError(f"unknown venue {venue!r}: one of agentexchange, tradier, tastytrade")
+
+
+def _refused(exc: BaseException, rex: Any) -> Exception | None:
+    """The error (itself or inside exception groups) if Redis refused our credentials or
+    their rights: retrying cannot help."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _refused(inner, rex)
+            if found is not None:
+                return found
+        return None
+    refused = (
+        rex.AuthenticationError,
+        rex.AuthenticationWrongNumberOfArgsError,
+        rex.NoPermissionError,
+    )
+    return exc if isinstance(exc, refused) else None
 
 
 def _lost(exc: BaseException, rex: Any) -> Exception | None:
@@ -244,6 +266,9 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
         self._began_id = "0"
         self._pending: set[tuple[str, str]] = set()
         self._acks: dict[str, list[str]] = {}
+        #: Entries settled whose XACK is queued or on its way (not to be delivered again
+        #: when a reconnect or a claim reads them back).
+        self._acking: set[tuple[str, str]] = set()
         self._errors: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._wake_acker: anyio.Event | None = None
         self._room: anyio.Event | None = None
@@ -299,8 +324,7 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
         for slot in [s for s in self._running_slots if s not in registered]:
             slot.cancel()
             self._running_slots.discard(slot)
-            for token in self._abandon(slot):
-                self._pending.discard(token)
+            self._abandon(slot)  # queued, and the one being handled: delivered again
         self._wake_listeners(stopped_only=True)
         for slot in new_slots:
             self._running_slots.add(slot)
@@ -340,6 +364,7 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
         self._streams = []
         self._pending = set()
         self._acks = {}
+        self._acking = set()
         self._wake_acker = anyio.Event()
         self._room = anyio.Event()
         started = False
@@ -368,6 +393,7 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
                     await self._flush_on_stop()
             self._abandon()
             self._pending.clear()
+            self._acking.clear()
         return started
 
     async def _flush_on_stop(self) -> None:
@@ -386,6 +412,7 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
                     await pipe.execute()
                 self._acked += sum(len(ids) for ids in self._acks.values())
                 self._acks = {}
+                self._acking.clear()
         except Exception as exc:
             self.log.warning(
                 "could not acknowledge %d entries when stopping: %s", len(self._acks), exc
@@ -413,6 +440,19 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
             try:
                 await self._session(client, backoff)
             except Exception as exc:
+                refused = _refused(exc, rex)
+                if refused is not None:
+                    # As a venue client refused its key: stop for good (connect() and
+                    # run_forever() raise it, state "failed").
+                    if self._connected:
+                        self._connected = False
+                        self._call_hooks(self._hooks_disconnect, "redis: credentials refused")
+                    self._fail(
+                        AuthenticationError(
+                            f"redis {self._where()} refused the credentials: {refused}"
+                        )
+                    )
+                    return
                 lost = _lost(exc, rex)
                 if lost is None:
                     raise
@@ -545,6 +585,11 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
         token = (stream, entry_id)
         if token in self._pending:
             return  # still with its handlers here (a claim of our own slow entry)
+        if token in self._acking:
+            # Settled, its XACK not yet done (Redis went away meanwhile): read back from
+            # our pending entries, it must not be handled twice. The ack is queued (or
+            # on its way, and queued again if it fails).
+            return
         self._read += 1
         if fields is None:  # claimed, but trimmed from the stream meanwhile
             self._queue_ack(stream, entry_id)
@@ -571,6 +616,12 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
             self._pending.discard(token)
             self._queue_ack(stream, entry_id)
 
+    def _abandoned(self, token: Hashable) -> None:
+        # Pending in Redis for this consumer: the claimer takes it back after claim_idle.
+        self._pending.discard(token)  # (stream, entry id): what _take delivers
+        if self._room is not None:
+            self._room.set()
+
     def _settle(self, token: Hashable, error: BaseException | None) -> None:
         key: tuple[str, str] = token  # type: ignore[assignment]  # what _take delivers
         if key not in self._pending:
@@ -591,6 +642,7 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
 
     def _queue_ack(self, stream: str, entry_id: str) -> None:
         self._acks.setdefault(stream, []).append(entry_id)
+        self._acking.add((stream, entry_id))
         if self._wake_acker is not None:
             self._wake_acker.set()
 
@@ -612,6 +664,10 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
                     self._acks.setdefault(stream, [])[:0] = ids
                 raise
             self._acked += sum(len(ids) for ids in acks.values())
+            acking = self._acking
+            for stream, ids in acks.items():
+                for entry_id in ids:
+                    acking.discard((stream, entry_id))
 
     async def _claimer(self, client: aioredis.Redis) -> None:
         """Take over entries held longer than ``claim_idle`` (a dead consumer's, and this
@@ -639,7 +695,9 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
     async def _reclaimed(
         self, client: aioredis.Redis, stream: str, entries: list[tuple[str, Any]]
     ) -> None:
-        mine = [(i, f) for i, f in entries if (stream, i) not in self._pending]
+        busy = self._pending
+        acking = self._acking
+        mine = [(i, f) for i, f in entries if (stream, i) not in busy and (stream, i) not in acking]
         if not mine:
             return
         info: Any = await client.xpending_range(

@@ -64,9 +64,12 @@ def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            reply = s.recv(64)
     except OSError:
         return False
+    # Up: PONG, or a refusal of an unauthenticated PING (a server run with --requirepass
+    # answers -NOAUTH; older ones -ERR operation not permitted). Not -LOADING.
+    return reply.startswith((b"+PONG", b"-NOAUTH", b"-ERR"))
 
 
 class LocalRedis:

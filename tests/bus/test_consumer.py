@@ -22,7 +22,7 @@ import pytest
 from agentstream import AgentExchangeWS, OrderEvent, OrderStatus
 from agentstream.bus import DataLossReported, DeadLettered, RedisBus, encode_entry, stream_key
 from agentstream.bus.testing import LocalRedis
-from agentstream.errors import ConfigurationError, HandlerError
+from agentstream.errors import AuthenticationError, ConfigurationError, HandlerError
 from agentstream.models import Candle, Gap, OrderUpdate, Ticker
 from agentstream.sim import DEMO_API_KEY, TRADIER_DEMO_TOKEN, SimExchange
 from agentstream.tastytrade import PlacedOrder  # noqa: TC001 - read by the bus at run time
@@ -650,3 +650,233 @@ async def test_the_consumer_survives_a_redis_restart() -> None:
                 await r.aclose()
         assert downs
         assert bus.stats.reconnects == 1
+
+
+# -- handlers removed, loops left: what they held is delivered again ----------------------
+
+
+async def test_a_handler_removed_mid_entry_leaves_the_entry_to_the_next_handler(
+    redis_client: aioredis.Redis, bus_factory: Any
+) -> None:
+    bus = bus_factory(start="0")
+    stream = stream_key("agentstream", "agentexchange", "orders")
+    started = anyio.Event()
+
+    async def slow(d: dict[str, Any]) -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    bus.on_order_update(slow)
+    await add(redis_client, "orders", order(1))
+    got: list[str] = []
+    async with bus:
+        await started.wait()
+        assert bus.stats.in_flight == 1
+        bus.remove_handler(slow)  # cancelled in the middle of the entry
+        assert bus.stats.in_flight == 0
+        bus.on_order_update(lambda d: got.append(d["order_id"]))
+        # Not acknowledged: claimed back after claim_idle, for the new handler.
+        await wait_for(lambda: got == ["o-1"] and bus.stats.acked == 1)
+        assert await pending(redis_client, stream, "g") == 0
+        assert bus.stats.in_flight == 0
+
+
+async def test_a_thread_handler_removed_mid_batch_leaves_every_entry_of_it(
+    redis_client: aioredis.Redis, bus_factory: Any
+) -> None:
+    """thread=True takes several entries to its worker thread at once: removing it
+    leaves all of them (not only those still queued) to be delivered again."""
+    bus = bus_factory(start="0")
+    stream = stream_key("agentstream", "agentexchange", "orders")
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(d: dict[str, Any]) -> None:
+        entered.set()
+        release.wait(10)
+
+    for n in range(3):
+        await add(redis_client, "orders", order(n))
+    bus.on_order_update(blocking, thread=True)
+    got: list[str] = []
+    try:
+        async with bus:
+            await wait_for(lambda: entered.is_set() and bus.stats.in_flight == 3)
+            bus.remove_handler(blocking)
+            assert bus.stats.in_flight == 0
+            release.set()  # its thread returns: ignored, the entry was left
+            bus.on_order_update(lambda d: got.append(d["order_id"]))
+            await wait_for(lambda: len(got) == 3 and bus.stats.acked == 3)
+            assert await pending(redis_client, stream, "g") == 0
+    finally:
+        release.set()
+    assert sorted(got) == ["o-0", "o-1", "o-2"]
+
+
+async def test_a_removed_handler_does_not_take_back_an_entry_another_handled(
+    redis_client: aioredis.Redis, bus_factory: Any
+) -> None:
+    """Entries that went to two handlers: removing the stuck one settles them with the
+    other one's result (acknowledged once, not delivered again)."""
+    bus = bus_factory(start="0")
+    stream = stream_key("agentstream", "agentexchange", "orders")
+    started = anyio.Event()
+
+    async def stuck(d: dict[str, Any]) -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    fast: list[str] = []
+    bus.on_order_update(stuck)
+    bus.on_order_update(lambda d: fast.append(d["order_id"]))
+    for n in range(3):
+        await add(redis_client, "orders", order(n))
+    async with bus:
+        await started.wait()
+        await wait_for(lambda: len(fast) == 3)
+        assert bus.stats.acked == 0 and bus.stats.in_flight == 3
+        bus.remove_handler(stuck)  # one entry in its call, two queued for it
+        await wait_for(lambda: bus.stats.acked == 3)
+        assert await pending(redis_client, stream, "g") == 0
+        assert bus.stats.in_flight == 0
+        assert bus.stats.handled == 3
+    assert fast == ["o-0", "o-1", "o-2"]
+
+
+async def test_leaving_a_listen_loop_leaves_its_entries_for_a_retry(
+    redis_client: aioredis.Redis, bus_factory: Any
+) -> None:
+    """A break: the entry the loop had and those queued for it are not acknowledged;
+    they are delivered again (claim_idle), and reading goes on past max_in_flight."""
+    bus = bus_factory(start="0", max_in_flight=3)
+    stream = stream_key("agentstream", "agentexchange", "orders")
+    for n in range(5):
+        await add(redis_client, "orders", order(n))
+    first: list[str] = []
+    later: list[str] = []
+    async with bus:
+        loop = bus.listen(OrderUpdate)
+        async for o in loop:
+            first.append(o.order_id)
+            break
+        await loop.aclose()  # (what the event loop does soon after a break)
+        assert bus.stats.in_flight == 0
+        assert bus.stats.acked == 0
+        bus.on_order_update(lambda d: later.append(d["order_id"]))
+        for n in range(5, 8):
+            await add(redis_client, "orders", order(n))
+        await wait_for(lambda: len(later) == 8 and bus.stats.acked == 8)
+        assert await pending(redis_client, stream, "g") == 0
+    assert first == ["o-0"]
+    assert sorted(later) == [f"o-{n}" for n in range(8)]
+
+
+async def test_a_slow_candle_loop_gets_every_entry(
+    redis_client: aioredis.Redis, bus_factory: Any
+) -> None:
+    """listen(Candle, symbol, interval) on the bus: never conflated, each acknowledged."""
+    bus = bus_factory(start="0")
+    base: dict[str, Any] = {"symbol": "BTCUSDT", "interval": "1m", "open": "1"}
+    base |= {"high": "2", "low": "1", "close": "2", "volume": "3", "is_closed": True}
+    for i in range(4):
+        at = 1_764_676_800_000 + i * 60_000  # ms
+        await add(redis_client, "candles:BTCUSDT:1m", {**base, "open_time": at})
+    got: list[int] = []
+    async with bus:
+        async for c in bus.listen(Candle, "BTCUSDT", "1m"):
+            got.append(int(c.open_time.timestamp()))
+            if len(got) == 1:
+                # The loop body is slow: the other three wait in its queue, all kept.
+                await wait_for(lambda: bus.stats.in_flight == 4)
+            if len(got) == 4:
+                break
+        assert bus.stats.conflated == 0
+        assert bus.stats.handled == 3  # the last one: the loop was left with it
+        await wait_for(lambda: bus.stats.acked == 3)
+    assert got == [1_764_676_800 + i * 60 for i in range(4)]
+
+
+# -- Redis with a password ----------------------------------------------------------------
+
+
+async def test_a_password_stays_out_of_repr_logs_and_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    password = "hunter2-redis-password"
+    with LocalRedis(args=["--requirepass", password]) as server:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        bus = RedisBus(url, group="g", **QUICK)
+        errors: list[BaseException] = []
+        got: list[str] = []
+        bus.on_error(lambda e, ctx: errors.append(e))
+        bus.on_order_update(lambda d: got.append(d["order_id"]))
+        assert password not in repr(bus)
+        assert ":***@" in repr(bus)
+        async with bus:
+            import redis.asyncio as aioredis
+
+            r = aioredis.Redis.from_url(url)
+            try:
+                await add(r, "orders", order(1))
+            finally:
+                await r.aclose()
+            await wait_for(lambda: got == ["o-1"])
+            await anyio.to_thread.run_sync(server.stop)  # warnings and errors, with the URL
+            await wait_for(lambda: bus.stats.failed_attempts >= 2)
+            await anyio.to_thread.run_sync(server.start)
+            await wait_for(lambda: bus.stats.state == "connected")
+    assert errors
+    texts = [caplog.text, repr(bus)] + [f"{e} {e!r}" for e in errors]
+    assert any(":***@127.0.0.1" in t for t in texts)
+    assert not any(password in t for t in texts)
+
+
+async def test_a_wrong_redis_password_stops_the_consumer_for_good() -> None:
+    with LocalRedis(args=["--requirepass", "right-password"]) as server:
+        url = f"redis://:wrong-password@127.0.0.1:{server.port}/0"
+        bus = RedisBus(url, group="g", **QUICK)
+        bus.on_order_update(lambda d: None)
+        with pytest.raises(AuthenticationError) as info:
+            await bus.connect()
+        assert "wrong-password" not in str(info.value)
+        assert bus.stats.state == "failed"
+        assert bus.stats.failed_attempts == 0  # not retried
+        assert bus.error is info.value
+        with pytest.raises(AuthenticationError):
+            await anyio.to_thread.run_sync(bus.run_forever)
+
+
+# -- an entry handled, its XACK lost with the connection -----------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_an_entry_whose_ack_was_lost_is_not_handled_again_after_a_reconnect() -> None:
+    import redis.asyncio as aioredis
+
+    with LocalRedis(persistent=True) as server:
+        r = aioredis.Redis.from_url(server.url)
+        try:
+            await add(r, "orders", order(1))
+        finally:
+            await r.aclose()
+        # claim_idle long: only the reconnect's read of our own pending entries counts.
+        bus = RedisBus(server.url, group="g", start="0", **{**QUICK, "claim_idle": 60})
+        calls: list[str] = []
+
+        def handler(d: dict[str, Any]) -> None:
+            calls.append(d["order_id"])
+            server.kill()  # Redis dies after the handler, before the XACK
+
+        bus.on_order_update(handler)
+        async with bus:
+            await wait_for(lambda: calls == ["o-1"] and bus.stats.failed_attempts >= 1)
+            await anyio.to_thread.run_sync(server.start)
+            await wait_for(lambda: bus.stats.reconnects == 1 and bus.stats.acked == 1, timeout=10)
+            r = aioredis.Redis.from_url(server.url)
+            try:
+                stream = stream_key("agentstream", "agentexchange", "orders")
+                assert await pending(r, stream, "g") == 0
+            finally:
+                await r.aclose()
+        assert calls == ["o-1"]
+        assert bus.stats.read == 1

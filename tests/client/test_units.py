@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -1142,6 +1143,18 @@ def test_mask_secret() -> None:
             "cannot connect to ws://h/ws/v1?api_key=SECRET (refused)",
             "cannot connect to ws://h/ws/v1?api_key=*** (refused)",
         ),
+        # The password of the user info (Redis URLs carry theirs there).
+        ("redis://bot:SECRET@127.0.0.1:6379/0", "redis://bot:***@127.0.0.1:6379/0"),
+        ("rediss://:SECRET@h:6380", "rediss://:***@h:6380"),
+        ("rediss://:SEC@RET@h:6380/1", "rediss://:***@h:6380/1"),
+        ("http://user:SECRET@h/x?token=abc", "http://user:***@h/x?token=***"),
+        ("redis://h:6379/0?password=SECRET&db=1", "redis://h:6379/0?password=***&db=1"),
+        ("redis://bot@h:6379/0", "redis://bot@h:6379/0"),  # a user name, no password
+        ("ws://h:8000/ws?email=a@b", "ws://h:8000/ws?email=a@b"),
+        (
+            "redis redis://:SECRET@127.0.0.1:1/0: Connection refused",
+            "redis redis://:***@127.0.0.1:1/0: Connection refused",
+        ),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
@@ -1533,6 +1546,26 @@ async def test_sync_slot_survives_a_base_exception_and_stops_at_once() -> None:
     finally:
         loop.set_exception_handler(previous)
     assert got == [0, 1, 2, 3]
+
+
+def test_typed_events_without_a_symbol_or_interval_are_never_conflated() -> None:
+    """A key of (None, None) would make unrelated events replace each other: kept."""
+    ticker_key = conflation_key_for(KINDS["ticker"])
+    candle_key = conflation_key_for(KINDS["candles"])
+    assert ticker_key is not None
+    assert candle_key is not None
+    candle = msgspec.convert(
+        {"symbol": "BTC", "interval": "1m", "open_time": 0, "open": "1", "high": "1"}
+        | {"low": "1", "close": "1", "volume": "1"},
+        Candle,
+    )
+    assert candle_key(candle) == ("BTC", "1m")
+    assert ticker_key(SimpleNamespace(symbol="BTC")) == "BTC"
+    # What a bus queue holds (an entry's item), or a typed event of the wrong shape.
+    for event in (object(), SimpleNamespace(symbol=None, interval=None)):
+        assert ticker_key(event) is None
+        assert candle_key(event) is None
+    assert candle_key(SimpleNamespace(symbol="BTC")) is None  # no interval
 
 
 def test_hostile_dict_events_never_make_conflation_raise() -> None:

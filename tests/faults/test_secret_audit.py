@@ -52,6 +52,8 @@ def _leak(how: str, runtime: str) -> None:
             log.error("failed", exc_info=True)
     elif how == "runtime-key":
         log.info("using %s", runtime)
+    elif how == "url-password":
+        log.warning("redis %s: refused", "redis://bot:s3cr3t-but-not-ak-shaped@127.0.0.1:6379/0")
     else:
         log.warning("GET /ws/v1?api_key=%s", "s3cr3t-but-not-ak-shaped")
 
@@ -65,6 +67,7 @@ def _leak(how: str, runtime: str) -> None:
         ("suppressed-context", "exception"),
         ("runtime-key", "message"),
         ("clear-query", "message"),
+        ("url-password", "message"),
     ],
 )
 def test_a_leak_is_caught_with_its_record(how: str, part: str) -> None:
@@ -83,6 +86,8 @@ def test_masked_forms_are_not_leaks() -> None:
     with audit().expected() as found:
         log.info("key %s", mask_secret(runtime))
         log.info("url %s", mask_url(f"ws://h:1/ws/v1?api_key={runtime}"))
+        log.info("url %s", mask_url("rediss://bot:s3cr3t-but-not-ak-shaped@127.0.0.1:6379/0"))
+        log.info("url %s", "redis://127.0.0.1:6379/0 ws://localhost:8000/ws?x=a@b")
         log.info("demo key %s, short key %s", mask_secret(DEMO_API_KEY), mask_secret("ak_a"))
         log.info("words that start like a short key: peak_ask, ak_alpha, ak_bob_")
     assert found == []
