@@ -290,9 +290,13 @@ class StreamClient:
         self._first_connected = asyncio.Event()
         self._stop_requested = False
         self._active = False
-        #: A run (connect(), run_forever(), async with) has claimed the client; set and
-        #: checked under _lock so that two runs starting at once cannot both go on.
-        self._run_claimed = False
+        #: Set while no run (connect(), run_forever(), async with) has claimed the client;
+        #: cleared and checked under _lock so that two runs starting at once cannot both
+        #: go on, and set again only once the run has finished all it does (for
+        #: run_forever(), its event loop too): stop() waits for it, so that the client
+        #: can run again as soon as stop() returned True.
+        self._idle = threading.Event()
+        self._idle.set()
         self._finished = threading.Event()
         self._finished.set()
         self._portal: anyio.from_thread.BlockingPortal | None = None
@@ -589,8 +593,10 @@ class StreamClient:
         """Stop the client from any thread; idempotent.
 
         From another thread, waits up to ``timeout`` seconds for the client to finish
-        and returns whether it did. From the client's own thread it only requests the
-        stop (use ``await ws.disconnect()`` there) and returns False.
+        and returns whether it did; once it returned True the client can run again
+        (``run_forever()`` has returned, or is about to, with nothing left to do). From
+        the client's own thread it only requests the stop (use ``await ws.disconnect()``
+        there) and returns False.
 
         Example:
             >>> thread = threading.Thread(target=ws.run_forever, daemon=True)
@@ -598,18 +604,22 @@ class StreamClient:
             >>> ws.stop()
             True
         """
-        if not self._active:
+        if self._idle.is_set():
             return True  # not running: nothing to stop, and nothing to remember
+        if not self._active:
+            # The run has ended and its thread is finishing (run_forever()'s event loop):
+            # nothing to request, only to wait for.
+            return self._idle.wait(timeout)
         self._stop_requested = True
         loop = self._loop
         if loop is None:  # run_forever() is starting: _run sees the request and returns
-            return True
+            return self._idle.wait(timeout)
         if threading.get_ident() == self._loop_thread:
             self._request_stop()
             return False
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self._request_stop)
-        return self._finished.wait(timeout)
+        return self._idle.wait(timeout)
 
     def run_forever(self) -> None:
         """Run the client in the calling thread until :meth:`stop`, with its own event loop.
@@ -657,9 +667,10 @@ class StreamClient:
             anyio.run(main)
         finally:
             self._active = False
+            fatal = self._fatal  # read before the release: a next run resets it
             self._release_claim()
-        if self._fatal is not None:
-            raise self._fatal
+        if fatal is not None:
+            raise fatal
 
     @property
     def portal(self) -> anyio.from_thread.BlockingPortal | None:
@@ -926,13 +937,13 @@ class StreamClient:
 
     def _claim(self) -> None:
         with self._lock:
-            if self._run_claimed or not self._finished.is_set():
+            if not self._idle.is_set() or not self._finished.is_set():
                 raise RuntimeError("this client is already running")
-            self._run_claimed = True
+            self._idle.clear()
 
     def _release_claim(self) -> None:
         with self._lock:
-            self._run_claimed = False
+            self._idle.set()
 
     def _fatal_error(self) -> BaseException | None:
         return self._fatal  # set by a link task while _run awaited

@@ -607,6 +607,34 @@ def test_a_second_run_forever_while_running_raises_and_stop_still_stops_the_firs
     assert not first.is_alive()
 
 
+def test_once_stop_returned_true_the_client_can_run_again_at_once(threaded_sim: str) -> None:
+    # A new user's script: run_forever() in a thread, stop(), then at once `async with
+    # ws`. stop() returned True when the run ended but run_forever()'s own event loop
+    # was still closing, and the restart raised "already running" about half the time.
+    ws = AgentExchangeWS(DEMO_API_KEY, threaded_sim, **FAST)
+    ticks: list[Any] = []
+    ws.on_ticker("BTCUSDT", ticks.append)
+
+    async def briefly() -> None:
+        async with ws:
+            n = len(ticks)
+            with anyio.fail_after(5):
+                while len(ticks) <= n:
+                    await anyio.sleep(0.005)
+
+    for _ in range(10):
+        thread = threading.Thread(target=ws.run_forever, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 5
+        n = len(ticks)
+        while len(ticks) <= n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert ws.stop() is True
+        anyio.run(briefly)  # raised RuntimeError("this client is already running")
+        thread.join(2)
+        assert not thread.is_alive()
+
+
 def test_two_run_forever_started_at_once_one_runs_the_other_raises(threaded_sim: str) -> None:
     # Both calls pass the "is it running?" check together unless claiming is atomic: the
     # loser then failed inside its loop (an exception group) and, on its way out, marked
