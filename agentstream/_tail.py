@@ -210,7 +210,11 @@ def resolve_options(
     return TailOptions(
         venue=venue,
         channels=parsed,
-        url=url or env.get(URL_ENV[venue]) or DEFAULT_URLS[venue],
+        # AgentExchange: the client's own AGENTSTREAM_BASE_URL is honoured too.
+        url=url
+        or env.get(URL_ENV[venue])
+        or (env.get("AGENTSTREAM_BASE_URL") if venue == "agentexchange" else None)
+        or DEFAULT_URLS[venue],
         credential=credential or env.get(CREDENTIAL_ENV[venue]) or DEMO_CREDENTIALS[venue],
         account=account or env.get(ACCOUNT_ENV.get(venue, "")) or DEMO_ACCOUNTS.get(venue),
         json=json,

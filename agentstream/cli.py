@@ -497,6 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         try:
             run_script(args.script, args.args)
+        except (OSError, SyntaxError) as exc:
+            if isinstance(exc, SyntaxError) and exc.filename != args.script:
+                raise  # the script's own import of a broken module: its traceback helps
+            # The script cannot be read or compiled: one line, as python would say it.
+            where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
+            reason = exc.msg if isinstance(exc, SyntaxError) else exc.strerror or exc
+            print(f"agentstream run: {args.script}{where}: {reason}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             # The script's own loop was interrupted: one line instead of a traceback.
             print("agentstream run: stopped (Ctrl-C)", file=sys.stderr)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Self
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["LocalRedis", "find_redis_server"]
+__all__ = ["LocalRedis", "find_redis_server", "main"]
 
 
 def find_redis_server() -> str:
@@ -190,3 +190,36 @@ class LocalRedis:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<LocalRedis 127.0.0.1:{self.port} {state}>"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentstream.bus.testing [--port 6379]``: a redis-server until Ctrl-C.
+
+    Example:
+        $ python -m agentstream.bus.testing --port 6379
+        redis://127.0.0.1:6379/0 (Ctrl-C to stop)
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(
+        prog="python -m agentstream.bus.testing",
+        description="A throwaway redis-server on 127.0.0.1 until Ctrl-C.",
+    )
+    parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument("--persistent", action="store_true", help="keep the data across restarts")
+    args = parser.parse_args(argv)
+    with LocalRedis(args.port, persistent=args.persistent) as server:
+        print(f"{server.url} (Ctrl-C to stop)", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # stop as on Ctrl-C, even in background
+            signal.signal(sig, signal.default_int_handler)
+        try:
+            while server.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -79,3 +79,40 @@ def test_the_local_server_restarts_on_its_port_and_keeps_data_when_persistent() 
         server.kill()
         assert not server.running
         client.close()
+
+
+def test_a_local_server_from_the_command_line_stops_with_ctrl_c() -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentstream.bus.testing", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(f"redis://127.0.0.1:{port}/0")
+        import redis
+
+        client = redis.Redis(port=port)
+        assert client.ping()
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        gone = redis.Redis(port=port, socket_connect_timeout=1)
+        with pytest.raises(redis.ConnectionError):
+            gone.ping()  # the server went too
+        gone.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

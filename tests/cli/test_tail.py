@@ -392,6 +392,38 @@ def test_defaults_are_the_sim_and_its_demo_credentials() -> None:
     assert (tr.url, tr.credential, tr.account) == ("http://x:2", "c", "A")
 
 
+def test_agentexchange_url_from_either_variable() -> None:
+    def url(env: dict[str, str]) -> str:
+        opts = resolve_options(
+            "agentexchange", ["orders"], url=None, credential=None, account=None, environ=env
+        )
+        return opts.url
+
+    # The client's own variable is honoured (a new user had set it, not the examples').
+    assert url({"AGENTSTREAM_BASE_URL": "ws://127.0.0.1:1"}) == "ws://127.0.0.1:1"
+    both = {"AGENTSTREAM_BASE_URL": "ws://127.0.0.1:1", "AGENTEXCHANGE_WS_URL": "ws://h:2"}
+    assert url(both) == "ws://h:2"
+
+
+def test_run_of_a_missing_or_broken_script_says_so_in_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("x = (\n")
+    for script, said in (
+        (tmp_path / "missing.py", ": No such file or directory"),
+        (broken, " (line 1): '(' was never closed"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "agentstream", "run", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"agentstream run: {script}{said}"
+        assert "Traceback" not in proc.stderr
+
+
 # -- Ctrl-C where we own the loop -------------------------------------------------------
 
 
