@@ -495,6 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("agentstream tail: interrupted", file=sys.stderr)
             return 130
     if args.command == "run":
+        if not args.verbose:
+            # A bot run from the command line says when it connected, reconnected or gave
+            # up (the client's INFO lines); the libraries it uses stay at WARNING.
+            logging.getLogger("agentstream").setLevel(logging.INFO)
         try:
             run_script(args.script, args.args)
         except (OSError, SyntaxError) as exc:

@@ -447,4 +447,8 @@ async def test_ctrl_c_stops_agentstream_run_in_one_line(tmp_path: Path) -> None:
     ):
         await run.expect(r"price \d")
         assert await run.interrupt() == 130
-    assert run.stderr.strip() == "agentstream run: stopped (Ctrl-C)", run.report()
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1] == "agentstream run: stopped (Ctrl-C)", run.report()
+    # Under the command line the client says that it connected (its INFO lines).
+    assert any(line.endswith("connection 1: connected") for line in lines), run.report()
+    assert "Traceback" not in run.stderr, run.report()
