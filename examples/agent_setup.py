@@ -1,17 +1,18 @@
 # Seed page: "Then in your agent setup:" (uses price_stream.py beside it). Run it with
 #
 #   $ agentstream serve            # in another terminal: the simulated exchange
-#   $ AGENTEXCHANGE_API_KEY=ak_demo_agentstream python examples/agent_setup.py
+#   $ AGENTEXCHANGE_API_KEY=ak_demo_agentstream python -i examples/agent_setup.py
+#   >>> get_cached_price("BTCUSDT")     # a moment later: "Later, in any tool function"
+#   '64521.30'
 #
-# It prints the cached BTC price once and exits. The page's snippet reads the cache
-# "later"; right after start_stream() the cache is still empty (the stream has not even
-# connected), so the two lines marked "not on the page" stand for that "later".
+# Run as a plain script it prints nothing, as on the page: it reads the cache right
+# after start_stream(), before the stream has even connected. `python -i` keeps the
+# feed running and lets you read the cache later, as an agent's tool would;
+# examples/agent_tool.py is a whole tool that waits for the first price.
 from price_stream import start_stream, get_cached_price
 
 # Start the feed before the agent loop
 start_stream()
-import time; later = time.monotonic() + 10  # not on the page: its "later" (at most 10 s)
-while get_cached_price("BTCUSDT") is None and time.monotonic() < later: time.sleep(0.05)  # not on the page
 
 # Later, in any tool function:
 price = get_cached_price("BTCUSDT")
