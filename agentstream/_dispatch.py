@@ -13,10 +13,12 @@ the reader, until one of them suspends (it goes back to its own worker at once, 
 holding up the others) or their calls turn slow.
 
 A ticker (or in-progress candle) handler that falls behind gets the newest event of
-each symbol, never a backlog older than it: once its queue (``LatestQueue``) has not been
-empty for 5 ms, it holds at most one pending event per symbol (and interval), replaced in
-place by newer ones, which are counted as conflated; a handler that keeps up gets every
-event. Registered with ``every=True`` it keeps every event instead, up to
+each symbol, never a backlog older than it: once its queue has not been empty for 5 ms
+(``Slot.behind``), whenever the queue has doubled since the last pass it keeps one event
+per symbol, the newest, in the turn of that symbol's oldest (a round robin: a busy symbol
+is not pushed back behind quiet ones), so at most about two per symbol wait and the cost
+per event stays constant; the events dropped are counted as conflated. A handler that
+keeps up gets every event. Registered with ``every=True`` it keeps every event instead, up to
 its ``max_queue``, beyond which older events of the same symbol are conflated as well.
 Order updates, portfolio snapshots and closed candles are never dropped.
 """
@@ -29,7 +31,7 @@ import logging
 import math
 import time
 import typing
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 import anyio
@@ -50,7 +52,7 @@ _SLOW_HANDLER_S = 0.25  # a loop handler blocking longer than this gets a warnin
 _DIRECT_MAX_S = 20e-6
 _DIRECT_MIN_EVENTS = 16
 _MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and counted
-#: A thread=True handler of a LatestQueue gets as many events per trip to its worker
+#: A thread=True ticker handler gets as many events per trip to its worker
 #: thread as it handles in about this long (at least one): a slow handler then always
 #: takes the newest event, a fast one still amortises the thread hop over many.
 _THREAD_BATCH_S = 0.005
@@ -158,124 +160,6 @@ def conflation_key_for(kind: Kind) -> Callable[[Any], object] | None:
     return key
 
 
-class LatestQueue:
-    """A handler's queue that, once the handler is behind, keeps only the newest pending
-    event per symbol.
-
-    It has the operations of a ``deque`` that the workers use (``append``, ``popleft``,
-    ``clear``, ``len``, iteration), so every way a handler is run reads it unchanged.
-
-    A handler that keeps up gets every event: the queue empties between its turns, and
-    events queue one after the other, as in a ``deque``. A handler is *behind* once its
-    queue has not been empty for ``behind_after`` seconds (5 ms: longer than the reader's
-    turns, so a handler that merely waited for the reader is not behind). From then until
-    the queue is empty again, the older pending events of each symbol (or symbol and
-    interval) are dropped, and a newer event replaces the pending one in place, keeping
-    its turn; each one dropped is counted in ``conflated``. An event with no key (a
-    closed candle, or one of the wrong shape) is always kept and is a barrier: later
-    events of a symbol queue behind it rather than replace one before it, so a closed
-    candle is never overtaken by the next candle's updates.
-
-    Example:
-        >>> q = LatestQueue(lambda ev: ev["symbol"], behind_after=0.0)
-        >>> for price in (1, 2, 3):
-        ...     q.append({"symbol": "BTCUSDT", "price": price})
-        >>> q.append({"symbol": "ETHUSDT", "price": 9})
-        >>> [ev["price"] for ev in q], q.conflated
-        ([3, 9], 2)
-    """
-
-    __slots__ = ("_behind", "_d", "_key", "_newest", "_seq", "_since", "behind_after", "conflated")
-
-    def __init__(self, key_of: Callable[[Any], object], behind_after: float = _BEHIND_S) -> None:
-        #: Pending events by a token (an int, increasing; never reused).
-        self._d: OrderedDict[int, Any] = OrderedDict()
-        self._key = key_of
-        #: The token of each symbol's newest pending event since the last barrier.
-        self._newest: dict[object, int] = {}
-        self._seq = 0
-        #: When the queue last went from empty to not empty.
-        self._since = 0.0
-        self._behind = False
-        self.behind_after = behind_after
-        self.conflated = 0
-
-    def append(self, event: Any) -> None:
-        d = self._d
-        key = self._key(event)
-        if not d:
-            self._since = _monotonic()
-            self._behind = False
-            if self._newest:
-                self._newest.clear()
-        elif not self._behind and _monotonic() - self._since >= self.behind_after:
-            d = self._collapse()
-        newest = self._newest
-        if key is None:
-            self._seq += 1
-            d[self._seq] = event
-            newest.clear()  # a barrier: nothing after it replaces anything before it
-            return
-        if self._behind:
-            token = newest.get(key)
-            if token is not None and token in d:
-                d[token] = event
-                self.conflated += 1
-                return
-        self._seq += 1
-        d[self._seq] = event
-        newest[key] = self._seq
-
-    def _collapse(self) -> OrderedDict[int, Any]:
-        """The handler fell behind: keep the newest pending event per symbol."""
-        self._behind = True
-        key_of = self._key
-        kept: list[tuple[int, Any]] = []
-        seen: set[object] = set()
-        for token, event in reversed(self._d.items()):
-            key = key_of(event)
-            if key is None:
-                seen = set()  # a barrier: events before it are another segment
-            elif key in seen:
-                self.conflated += 1
-                continue
-            else:
-                seen.add(key)
-            kept.append((token, event))
-        kept.reverse()
-        self._d = d = OrderedDict(kept)
-        return d
-
-    def extend(self, events: Any) -> None:
-        for event in events:
-            self.append(event)
-
-    def popleft(self) -> Any:
-        d = self._d
-        if len(d) > 1 and not self._behind and _monotonic() - self._since >= self.behind_after:
-            # Waited this long with no newer event to notice it: the handler is behind.
-            d = self._collapse()
-        return d.popitem(last=False)[1]
-
-    def clear(self) -> None:
-        self._d.clear()
-        self._newest.clear()
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def __bool__(self) -> bool:
-        return bool(self._d)
-
-    def __iter__(self) -> typing.Iterator[Any]:
-        return iter(self._d.values())
-
-    def __getitem__(self, index: int) -> Any:
-        if index == 0:
-            return next(iter(self._d.values()))
-        return list(self._d.values())[index]
-
-
 class Slot:
     """One handler (or ``listen()`` iterator) with its queue.
 
@@ -283,6 +167,8 @@ class Slot:
     """
 
     __slots__ = (
+        "behind",
+        "behind_after",
         "channel",
         "conflate",
         "conflated_into",
@@ -291,6 +177,7 @@ class Slot:
         "fn",
         "inline",
         "is_async",
+        "latest",
         "loop",
         "max_queue",
         "model",
@@ -303,6 +190,7 @@ class Slot:
         "scheduled",
         "scope",
         "shared",
+        "since",
         "stopped",
         "suspends",
         "thread",
@@ -310,6 +198,7 @@ class Slot:
         "timed_events",
         "timed_s",
         "trim",
+        "trim_at",
         "trimmed",
         "wake",
         "warned_slow",
@@ -338,15 +227,21 @@ class Slot:
         #: The conflation key of an event (see conflation_key_for), or None: never dropped.
         self.conflate = conflate
         self.max_queue = max_queue
-        #: A conflated kind's handler keeps the newest event per symbol (LatestQueue);
-        #: with ``every=True`` it keeps every event up to max_queue, then trims the
-        #: older events of each symbol (``trim``). Other kinds keep everything.
-        self.queue: deque[Any] | LatestQueue = (
-            LatestQueue(conflate) if conflate is not None and not every else deque()
-        )
+        self.queue: deque[Any] = deque()
+        #: A conflated kind's handler gets the newest event per symbol once it is behind
+        #: (``latest``); with ``every=True`` it keeps every event up to max_queue, then
+        #: trims the older events of each symbol (``trim``). Other kinds keep everything.
+        self.latest = conflate is not None and not every
         self.trim = conflate is not None and every
         self.trimmed = 0
-        #: Events per trip to the worker thread (thread=True with a LatestQueue).
+        #: When the queue last went from empty to not empty; behind once it has not been
+        #: empty for ``behind_after`` seconds (until it is empty again).
+        self.since = 0.0
+        self.behind = False
+        self.behind_after = _BEHIND_S
+        #: Behind: the queue length at which the next conflation pass runs.
+        self.trim_at = 2
+        #: Events per trip to the worker thread (thread=True, latest).
         self.thread_batch = 1
         self.wake = asyncio.Event()
         self.report = report
@@ -385,9 +280,8 @@ class Slot:
 
     @property
     def conflated(self) -> int:
-        """Events replaced by a newer one of the same symbol before the handler got them."""
-        q = self.queue
-        return self.trimmed + (q.conflated if type(q) is LatestQueue else 0)
+        """Events dropped for a newer one of the same symbol before the handler got them."""
+        return self.trimmed
 
     @property
     def key(self) -> str:
@@ -407,9 +301,6 @@ class Slot:
         if n and into is not None:
             into[self.key] = into.get(self.key, 0) + n
         self.trimmed = 0
-        q = self.queue
-        if type(q) is LatestQueue:
-            q.conflated = 0
 
     def bind_loop(self) -> None:
         """Fresh synchronisation for a new run (an asyncio.Event is bound to one loop)."""
@@ -432,6 +323,9 @@ class Slot:
         q = self.queue
         n = len(q)
         if not n:
+            if self.latest:
+                self.since = _monotonic()
+                self.behind = False
             # Wake the consumer only when the queue was empty: once per batch, not per event.
             if not self.shared:
                 self.wake.set()
@@ -441,6 +335,8 @@ class Slot:
                 if not runner.ready:
                     runner.wake.set()
                 runner.ready.append(self)
+        elif self.latest:
+            self._check_behind(n)
         elif n >= self.max_queue and self.trim:
             self._conflate()
         q.append(event)
@@ -459,8 +355,13 @@ class Slot:
                 except BaseException as exc:
                     self.direct_failed(exc, event)
                 return
+            if self.latest:
+                self.since = _monotonic()
+                self.behind = False
             if not self.scheduled:
                 self._schedule()
+        elif self.latest:
+            self._check_behind(n)
         elif n >= self.max_queue and self.trim:
             self._conflate()
         q.append(event)
@@ -471,9 +372,50 @@ class Slot:
             self.scheduled = True
             loop.call_soon(self.drain)
 
+    def _check_behind(self, n: int) -> None:
+        """Before queueing one more event on ``n`` (a latest slot): conflate if behind.
+
+        Behind, a pass runs when the queue has doubled since the last one: the cost per
+        event stays constant, and at most about two events per symbol wait.
+        """
+        if self.behind:
+            if n >= self.trim_at:
+                self._keep_newest()
+        elif _monotonic() - self.since >= self.behind_after:
+            self.behind = True
+            self._keep_newest()
+
+    def _keep_newest(self) -> None:
+        """Behind: one event per symbol, the newest, in the turn of its oldest one.
+
+        Round robin: a symbol keeps its place in the queue however often it changes, so
+        a busy symbol is not pushed back behind quiet ones. A closed candle (no key) is
+        kept and starts a new segment: nothing after it moves ahead of it.
+        """
+        key_of: Callable[[Any], object] = self.conflate  # type: ignore[assignment]
+        q = self.queue
+        out: list[Any] = []
+        place: dict[object, int] = {}
+        for ev in q:
+            key = key_of(ev)
+            if key is None:
+                out.append(ev)
+                place = {}
+                continue
+            i = place.get(key)
+            if i is None:
+                place[key] = len(out)
+                out.append(ev)
+            else:
+                out[i] = ev
+        self.trimmed += len(q) - len(out)
+        q.clear()
+        q.extend(out)
+        self.trim_at = max(2, 2 * len(out))
+
     def _conflate(self) -> None:
         """Keep the newest event per symbol (closed candles always); count the rest."""
-        q: deque[Any] = self.queue  # type: ignore[assignment]  # every=True: a deque
+        q = self.queue
         key_of: Callable[[Any], object] = self.conflate  # type: ignore[assignment]
         seen: set[object] = set()
         kept: deque[Any] = deque()
@@ -555,7 +497,7 @@ class Slot:
             # request pending for good (fixed in 3.12). Ending with CancelledError would
             # make AnyIO cancel the whole client.
 
-    async def _work(self, fn: Callable[[Any], Any], q: deque[Any] | LatestQueue) -> None:
+    async def _work(self, fn: Callable[[Any], Any], q: deque[Any]) -> None:
         with anyio.CancelScope() as self.scope:
             while True:
                 if self.stopped:
@@ -565,10 +507,12 @@ class Slot:
                     await self.wake.wait()
                     continue
                 if self.thread:
-                    latest = type(q) is LatestQueue
+                    latest = self.latest
                     if latest:
-                        # Only what the handler gets through in about _THREAD_BATCH_S:
-                        # the rest stays queued, where newer events replace it.
+                        # Behind: the newest per symbol first. Then only what the handler
+                        # gets through in about _THREAD_BATCH_S: the rest stays queued,
+                        # where it is conflated with newer events.
+                        self._check_behind(len(q))
                         batch: list[Any] = []
                         while q and len(batch) < self.thread_batch:
                             batch.append(q.popleft())

@@ -377,7 +377,7 @@ def _agentstream_client(args: argparse.Namespace, name: str) -> AgentExchangeWS:
     # default a handler that falls behind gets the newest event per symbol instead
     # (python -m bench staleness measures that).
     for sym in ["all"] if name == "as-all" else SYMBOLS:
-        ws.on_ticker(sym, handler, every=True)
+        ws.on_ticker(sym, handler, every=not args.newest)
     return ws
 
 
@@ -550,6 +550,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--cpu", type=int, default=None, help="pin the client to this CPU")
+    p.add_argument(
+        "--newest",
+        action="store_true",
+        help="agentstream: register handlers as by default (newest per symbol once behind) "
+        "instead of every=True",
+    )
     p.add_argument(
         "--keep-awake",
         action="store_true",

@@ -43,7 +43,7 @@ from agentstream import (
     StreamConnectionError,
     Ticker,
 )
-from agentstream._dispatch import LatestQueue, Slot, conflation_key_for
+from agentstream._dispatch import Slot, conflation_key_for
 from agentstream._dispatch import first_param_model as _first_param_model
 from agentstream._redact import mask_secret, mask_url
 from agentstream.protocols import agentexchange as proto
@@ -850,16 +850,20 @@ def _tick(seq: int, symbol: str) -> dict[str, Any]:
 
 def behind(slot: Slot) -> Slot:
     """The slot's handler counts as behind as soon as one event waits (not after 5 ms)."""
-    assert isinstance(slot.queue, LatestQueue)
-    slot.queue.behind_after = 0.0
+    assert slot.latest
+    slot.behind_after = 0.0
     return slot
+
+
+def pending(slot: Slot) -> list[int]:
+    return [ev["seq"] for ev in slot.queue]
 
 
 def test_slot_of_a_handler_that_keeps_up_queues_every_event() -> None:
     slot = make_slot(Channel.ticker("BTCUSDT"), lambda d: None, model=None)
     for seq in range(5):  # one read's worth: the handler has had no turn yet
         slot.push(_tick(seq, "BTCUSDT"))
-    assert [ev["seq"] for ev in slot.queue] == [0, 1, 2, 3, 4]
+    assert pending(slot) == [0, 1, 2, 3, 4]
     assert slot.conflated == 0
 
 
@@ -869,27 +873,30 @@ def test_slot_behind_for_5_ms_keeps_the_newest_per_symbol_from_then_on() -> None
         slot.push(_tick(seq, "AUSDT" if seq % 2 else "BUSDT"))
     time.sleep(0.006)  # the queue has not been empty for more than 5 ms
     slot.push(_tick(4, "BUSDT"))
-    # The older pending events of each symbol went; 4 replaced B's newest in place.
-    assert [ev["seq"] for ev in slot.queue] == [4, 3]
-    assert slot.conflated == 3
+    # The older pending events of each symbol went, then 4 queued.
+    assert pending(slot) == [2, 3, 4]
+    assert slot.conflated == 2
     while slot.queue:
         slot.queue.popleft()
     for seq in range(5, 8):  # empty again: not behind any more
         slot.push(_tick(seq, "BUSDT"))
-    assert [ev["seq"] for ev in slot.queue] == [5, 6, 7]
+    assert pending(slot) == [5, 6, 7]
 
 
-def test_slot_keeps_only_the_newest_pending_event_per_symbol() -> None:
+def test_slot_behind_keeps_at_most_two_per_symbol_the_newest_among_them() -> None:
     slot = behind(make_slot(Channel.ticker("all"), lambda d: None, model=None))
     symbols = ["AUSDT", "BUSDT", "CUSDT"]
-    for seq in range(11):
+    n = 1000
+    for seq in range(n):
         slot.push(_tick(seq, symbols[seq % 3]))
-    # One pending event per symbol, the newest, each keeping its symbol's first turn.
-    assert [ev["seq"] for ev in slot.queue] == [9, 10, 8]
-    assert slot.conflated == 8
-    assert slot.queue.popleft()["seq"] == 9
-    slot.push(_tick(11, "AUSDT"))  # A was handled: its new event queues behind the others
-    assert [ev["seq"] for ev in slot.queue] == [10, 8, 11]
+        by_symbol = [ev["symbol"] for ev in slot.queue]
+        assert max(by_symbol.count(sym) for sym in symbols) <= 2
+    seqs = pending(slot)
+    for sym in symbols:  # a symbol's events never reordered
+        mine = [ev["seq"] for ev in slot.queue if ev["symbol"] == sym]
+        assert mine == sorted(mine)
+    assert {n - 3, n - 2, n - 1} <= set(seqs)  # the newest of each symbol is there
+    assert slot.conflated + len(seqs) == n  # everything else was counted
 
 
 def test_slot_keeps_every_symbol_it_saw() -> None:
@@ -897,27 +904,43 @@ def test_slot_keeps_every_symbol_it_saw() -> None:
     ts = datetime(2026, 1, 1, tzinfo=UTC)
     for seq in range(3000):
         slot.push(Ticker(symbol=f"S{seq % 700}USDT", price=Decimal(seq + 1), timestamp=ts))
-    got = {t.symbol: t.price for t in slot.queue}
-    assert len(got) == 700  # no symbol lost, however many there are
-    assert all(int(price) > 3000 - 700 for price in got.values())  # each its newest
-    assert slot.conflated == 3000 - 700
+    newest: dict[str, Decimal] = {}
+    for t in slot.queue:
+        newest[t.symbol] = t.price
+    assert len(newest) == 700  # no symbol lost, however many there are
+    assert all(int(price) > 3000 - 700 for price in newest.values())  # each its newest
+    assert len(slot.queue) <= 2 * 700
+    assert slot.conflated + len(slot.queue) == 3000
+
+
+def test_slot_behind_serves_symbols_round_robin_not_the_quiet_ones_first() -> None:
+    # A slow ticker:all handler: BTC changes all the time, ETH once. BTC keeps the turn of
+    # its first pending event (with its newest price), so it is not pushed behind ETH.
+    slot = behind(make_slot(Channel.ticker("all"), lambda d: None, model=None))
+    slot.push(_tick(0, "BTCUSDT"))
+    slot.push(_tick(1, "ETHUSDT"))
+    for seq in range(2, 50):
+        slot.push(_tick(seq, "BTCUSDT"))
+    first = slot.queue.popleft()
+    assert first["symbol"] == "BTCUSDT"
+    newer_btc = [ev["seq"] for ev in slot.queue if ev["symbol"] == "BTCUSDT"]
+    assert all(seq > first["seq"] for seq in newer_btc)  # and never older than it
+    assert first["seq"] >= 25  # the newest as of the last pass, not the first tick
 
 
 def test_slot_closed_candle_is_never_overtaken_by_the_next_candles_updates() -> None:
     slot = behind(
         make_slot(Channel.candles("BTCUSDT", "1m"), lambda d: None, model=None, partial=True)
     )
-    for ev in [_candle(0, False), _candle(1, False), _candle(2, True), _candle(3, False)]:
+    events = [_candle(i, closed=i in (3, 7)) for i in range(12)]
+    for ev in events:
         slot.push(ev)
-    slot.push(_candle(4, False))
-    # 1 replaced 0; the closed 2 is a barrier: 3 and 4 (the next candle) queue behind it.
-    assert [ev["seq"] for ev in slot.queue] == [1, 2, 4]
-    assert slot.conflated == 2
-    while slot.queue:
-        slot.queue.popleft()
-    slot.push(_candle(5, False))
-    slot.push(_candle(6, False))
-    assert [ev["seq"] for ev in slot.queue] == [6]
+    seqs = pending(slot)
+    assert 3 in seqs and 7 in seqs  # closed candles are never dropped
+    assert seqs == sorted(seqs)  # and nothing moves ahead of them
+    assert seqs[-1] == 11
+    assert slot.conflated + len(seqs) == 12
+    assert slot.conflated > 0
 
 
 def test_slot_every_keeps_every_event_below_its_bound() -> None:
