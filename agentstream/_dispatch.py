@@ -55,7 +55,7 @@ _MAX_HOOK_QUEUE = 10_000  # hook calls waiting; beyond this they are dropped and
 #: A thread=True ticker handler gets as many events per trip to its worker
 #: thread as it handles in about this long (at least one): a slow handler then always
 #: takes the newest event, a fast one still amortises the thread hop over many.
-_THREAD_BATCH_S = 0.005
+_THREAD_BATCH_S = 0.002
 _THREAD_BATCH_MAX = 1024
 #: A conflated kind's handler whose queue has not been empty for this long is behind: it
 #: gets the newest event per symbol from then on, until its queue is empty again.
@@ -388,6 +388,10 @@ class Slot:
     def _keep_newest(self) -> None:
         """Behind: one event per symbol, the newest, in the turn of its oldest one.
 
+        Run before an event is queued, when the queue has doubled since the last pass:
+        so a symbol may have one older event waiting ahead of its newest, and a handler
+        may get that one first (one tick older than the newest, never a backlog).
+
         Round robin: a symbol keeps its place in the queue however often it changes, so
         a busy symbol is not pushed back behind quiet ones. A closed candle (no key) is
         kept and starts a new segment: nothing after it moves ahead of it.
@@ -512,7 +516,10 @@ class Slot:
                         # Behind: the newest per symbol first. Then only what the handler
                         # gets through in about _THREAD_BATCH_S: the rest stays queued,
                         # where it is conflated with newer events.
-                        self._check_behind(len(q))
+                        # Only once the reader found it behind: the time the thread spent
+                        # on its last batch is not the handler falling behind.
+                        if self.behind and len(q) >= self.trim_at:
+                            self._keep_newest()
                         batch: list[Any] = []
                         while q and len(batch) < self.thread_batch:
                             batch.append(q.popleft())
