@@ -336,7 +336,9 @@ class Slot:
                     runner.wake.set()
                 runner.ready.append(self)
         elif self.latest:
-            self._check_behind(n)
+            q.append(event)
+            self._check_behind(n + 1)
+            return
         elif n >= self.max_queue and self.trim:
             self._conflate()
         q.append(event)
@@ -361,7 +363,9 @@ class Slot:
             if not self.scheduled:
                 self._schedule()
         elif self.latest:
-            self._check_behind(n)
+            q.append(event)
+            self._check_behind(n + 1)
+            return
         elif n >= self.max_queue and self.trim:
             self._conflate()
         q.append(event)
@@ -373,7 +377,7 @@ class Slot:
             loop.call_soon(self.drain)
 
     def _check_behind(self, n: int) -> None:
-        """Before queueing one more event on ``n`` (a latest slot): conflate if behind.
+        """An event was just queued, ``n`` wait (a latest slot): conflate if behind.
 
         Behind, a pass runs when the queue has doubled since the last one: the cost per
         event stays constant, and at most about two events per symbol wait.
@@ -388,9 +392,10 @@ class Slot:
     def _keep_newest(self) -> None:
         """Behind: one event per symbol, the newest, in the turn of its oldest one.
 
-        Run before an event is queued, when the queue has doubled since the last pass:
-        so a symbol may have one older event waiting ahead of its newest, and a handler
-        may get that one first (one tick older than the newest, never a backlog).
+        Run after an event is queued, when the queue has doubled since the last pass: a
+        handler of one symbol always finds just the newest; with many symbols, one may
+        have an older event waiting ahead of its newest until the next pass (one tick
+        older than the newest, never a backlog).
 
         Round robin: a symbol keeps its place in the queue however often it changes, so
         a busy symbol is not pushed back behind quiet ones. A closed candle (no key) is

@@ -873,9 +873,9 @@ def test_slot_behind_for_5_ms_keeps_the_newest_per_symbol_from_then_on() -> None
         slot.push(_tick(seq, "AUSDT" if seq % 2 else "BUSDT"))
     time.sleep(0.006)  # the queue has not been empty for more than 5 ms
     slot.push(_tick(4, "BUSDT"))
-    # The older pending events of each symbol went, then 4 queued.
-    assert pending(slot) == [2, 3, 4]
-    assert slot.conflated == 2
+    # The older pending events of each symbol went; B's newest (4) took B's first turn.
+    assert pending(slot) == [4, 3]
+    assert slot.conflated == 3
     while slot.queue:
         slot.queue.popleft()
     for seq in range(5, 8):  # empty again: not behind any more
@@ -897,6 +897,14 @@ def test_slot_behind_keeps_at_most_two_per_symbol_the_newest_among_them() -> Non
         assert mine == sorted(mine)
     assert {n - 3, n - 2, n - 1} <= set(seqs)  # the newest of each symbol is there
     assert slot.conflated + len(seqs) == n  # everything else was counted
+
+
+def test_slot_behind_on_one_symbol_holds_only_its_newest() -> None:
+    slot = behind(make_slot(Channel.ticker("BTCUSDT"), lambda d: None, model=None))
+    for seq in range(20):
+        slot.push(_tick(seq, "BTCUSDT"))
+        assert pending(slot) == [seq]  # whenever the handler looks: the newest, alone
+    assert slot.conflated == 19
 
 
 def test_slot_keeps_every_symbol_it_saw() -> None:
