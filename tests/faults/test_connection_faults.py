@@ -175,8 +175,10 @@ async def test_black_hole_is_detected_after_the_stale_timeout(sim: SimExchange) 
         )
         n = len(got)
         await wait_for(lambda: len(got) > n + 5, what="data on the new connection")
-    # The watchdog checks every stale/20 s; the first backoff step is 0.02 s.
-    assert stale <= detected <= stale * 1.1 + 0.02 + 0.15
+    # Not before the stale timeout. (How soon after it is not asserted: a wall-clock
+    # bound fails on a loaded machine; the wait above bounds it at 3 s, and the watchdog
+    # checks every stale/20 s.)
+    assert stale <= detected
     [(exc, ctx)] = hooks.of(StaleConnectionError)
     assert "no frame for 0.5 s" in str(exc)
     assert ctx == {"link": 0, "stage": "liveness"}
