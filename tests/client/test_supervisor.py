@@ -767,8 +767,8 @@ async def test_slow_sync_handler_is_conflated_not_backpressured() -> None:
 @pytest.mark.parametrize("mode", ["async", "thread", "every"])
 async def test_a_slow_ticker_handler_gets_the_newest_price_not_a_backlog(mode: str) -> None:
     # The issue a new user hit: a slow BTCUSDT handler (thread=True) saw prices seconds old
-    # because its queue conflated only past 10,000 events. Now at most one event per
-    # symbol waits for it, the newest; every=True keeps the old backlog on purpose.
+    # because its queue conflated only past 10,000 events. Now, once behind, it finds
+    # just the newest tick waiting; every=True keeps the old backlog on purpose.
     async with SimExchange(tick_rate=4000) as s:
         ws = AgentExchangeWS(DEMO_API_KEY, s.url, **FAST)
         seen: list[dict[str, Any]] = []
