@@ -14,7 +14,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -1009,22 +1009,8 @@ class StreamClient:
             for target, source in derived.items():
                 self._feed_derived(routes, routes[target], source)
             self._router.rebuild(routes)
-            new_slots = [
-                s
-                for key in wanted
-                for s in self._slots.get(key, [])
-                if s.fn is not None and s not in self._running_slots
-            ]
-            registered = {s for v in self._slots.values() for s in v}
-        for slot in [s for s in self._running_slots if s not in registered]:
-            slot.cancel()
-            with self._lock:
-                slot.retire()  # what it conflated since it was removed
-            self._running_slots.discard(slot)
-        self._wake_listeners(stopped_only=True)  # an unsubscribed listen() ends
-        for slot in new_slots:
-            self._running_slots.add(slot)
-            slot.start(self._tg.start_soon, self._shared_worker)
+            changes = self._worker_changes(wanted)
+        self._swap_workers(*changes)
         # With a wildcard channel (ticker:all) the server already sends every symbol
         # once; subscribing single ones too would deliver their events twice. Routes
         # still serve their handlers. A channel built from a finer one is not sent; the
@@ -1101,6 +1087,35 @@ class StreamClient:
         routes[source.key] = Route(
             source.key, spec, src.dict_slots + sinks[False], src.typed_slots + sinks[True]
         )
+
+    def _worker_changes(self, wanted: Collection[str]) -> tuple[list[Slot], list[Slot]]:
+        """Under the lock: the slots of ``wanted`` to start, and the running ones removed."""
+        new = [
+            s
+            for key in wanted
+            for s in self._slots.get(key, [])
+            if s.fn is not None and s not in self._running_slots
+        ]
+        registered = {s for v in self._slots.values() for s in v}
+        return new, [s for s in self._running_slots if s not in registered]
+
+    def _swap_workers(self, new: list[Slot], gone: list[Slot]) -> None:
+        """Stop the workers of removed handlers, then start those of new ones (loop)."""
+        assert self._tg is not None
+        for slot in gone:
+            slot.cancel()
+            with self._lock:
+                slot.retire()  # what it conflated since it was removed
+            self._running_slots.discard(slot)
+            self._slot_removed(slot)
+        self._wake_listeners(stopped_only=True)  # an unsubscribed listen() ends
+        for slot in new:
+            self._running_slots.add(slot)
+            slot.start(self._tg.start_soon, self._shared_worker)
+
+    def _slot_removed(self, slot: Slot) -> None:
+        """A removed handler's worker was just stopped; a hook for clients that must
+        release what it held (the bus leaves its entries for a retry)."""
 
     def _place(self, channel: Channel, exclude: Link | None = None) -> None:
         for link in self._links:

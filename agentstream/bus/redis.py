@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
+    from agentstream._dispatch import Slot
     from agentstream.protocols.base import VenueProtocol
 
 __all__ = ["RedisBus"]
@@ -313,22 +314,11 @@ class RedisBus(BusClient, AgentExchangeHandlers, TradierHandlers, TastytradeHand
         if self._tg is None:
             return
         with self._lock:
-            wanted = self._wanted_keys()
-            new_slots = [
-                s
-                for key in wanted
-                for s in self._slots.get(key, [])
-                if s.fn is not None and s not in self._running_slots
-            ]
-            registered = {s for v in self._slots.values() for s in v}
-        for slot in [s for s in self._running_slots if s not in registered]:
-            slot.cancel()
-            self._running_slots.discard(slot)
-            self._abandon(slot)  # queued, and the one being handled: delivered again
-        self._wake_listeners(stopped_only=True)
-        for slot in new_slots:
-            self._running_slots.add(slot)
-            slot.start(self._tg.start_soon, self._shared_worker)
+            changes = self._worker_changes(self._wanted_keys())
+        self._swap_workers(*changes)
+
+    def _slot_removed(self, slot: Slot) -> None:
+        self._abandon(slot)  # queued, and the one being handled: delivered again
 
     def _wanted_streams(self, known: set[str]) -> tuple[list[str], set[str]]:
         """The streams to read (the gaps stream first) and those found by discovery.
