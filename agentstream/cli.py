@@ -181,15 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Per venue: the environment variable holding the credential, and the default channels.
-_BRIDGE_VENUES = {
-    "agentexchange": ("AGENTEXCHANGE_API_KEY", ("ticker:all", "orders", "portfolio")),
-    "tradier": ("TRADIER_TOKEN", ("orders",)),
-    "tastytrade": ("TASTYTRADE_TOKEN", ("orders", "complex_orders", "balances", "positions")),
+#: Per venue: the default channels of ``bridge``. (Its credential's environment variable
+#: is the one ``tail`` reads: ``_tail.CREDENTIAL_ENV``.)
+_BRIDGE_CHANNELS = {
+    "agentexchange": ("ticker:all", "orders", "portfolio"),
+    "tradier": ("orders",),
+    "tastytrade": ("orders", "complex_orders", "balances", "positions"),
 }
 
 
 def _add_bridge_parser(sub: Any) -> None:
+    from agentstream._tail import CREDENTIAL_ENV
+
     p = sub.add_parser(
         "bridge",
         help="run one venue stream and append its events to Redis Streams",
@@ -197,10 +200,10 @@ def _add_bridge_parser(sub: Any) -> None:
         "stream per channel ({prefix}:{venue}:{channel}); see docs/scale-out.md. The "
         "credential comes from --key or, better (a command line is visible to other "
         "users), from the venue's environment variable: "
-        + ", ".join(f"{v}: ${env}" for v, (env, _) in _BRIDGE_VENUES.items())
+        + ", ".join(f"{v}: ${env}" for v, env in CREDENTIAL_ENV.items())
         + ".",
     )
-    p.add_argument("--venue", required=True, choices=sorted(_BRIDGE_VENUES), help="the venue")
+    p.add_argument("--venue", required=True, choices=sorted(_BRIDGE_CHANNELS), help="the venue")
     p.add_argument(
         "--url",
         help="the venue's address: AgentExchange's ws:// base (default $AGENTSTREAM_BASE_URL "
@@ -226,7 +229,7 @@ def _add_bridge_parser(sub: Any) -> None:
         action="append",
         default=[],
         help="a channel key to bridge (repeatable; default per venue: "
-        + "; ".join(f"{v}: {' '.join(chs)}" for v, (_, chs) in _BRIDGE_VENUES.items())
+        + "; ".join(f"{v}: {' '.join(chs)}" for v, chs in _BRIDGE_CHANNELS.items())
         + ")",
     )
     p.add_argument(
@@ -251,7 +254,9 @@ def _add_bridge_parser(sub: Any) -> None:
 def _bridge_client(args: argparse.Namespace) -> StreamClient:
     import os
 
-    env, _ = _BRIDGE_VENUES[args.venue]
+    from agentstream._tail import CREDENTIAL_ENV
+
+    env = CREDENTIAL_ENV[args.venue]
     key = args.key or os.environ.get(env)
     if not key:
         raise ConfigurationError(f"no credential: pass --key or set ${env}")
@@ -277,7 +282,7 @@ async def _bridge(args: argparse.Namespace) -> int:
     bridge = Bridge(
         client,
         args.to,
-        channels=args.channel or _BRIDGE_VENUES[args.venue][1],
+        channels=args.channel or _BRIDGE_CHANNELS[args.venue],
         maxlen=args.maxlen,
         prefix=args.prefix,
         max_buffer_bytes=max(1, int(args.max_buffer_mb * (1 << 20))),
