@@ -83,13 +83,12 @@ def test_the_local_server_restarts_on_its_port_and_keeps_data_when_persistent() 
 
 def test_a_local_server_from_the_command_line_stops_with_ctrl_c() -> None:
     import signal
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from agentstream.bus.testing import _free_port
+
+    port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentstream.bus.testing", "--port", str(port)],
         stdout=subprocess.PIPE,
