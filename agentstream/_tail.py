@@ -74,10 +74,11 @@ DEFAULT_URLS = {
     "tastytrade": "ws://127.0.0.1:8000/tastytrade",
 }
 #: Environment variables read for a URL, the credential and the account, per venue.
+#: (In order: AgentExchange also honours the client's own AGENTSTREAM_BASE_URL.)
 URL_ENV = {
-    "agentexchange": "AGENTEXCHANGE_WS_URL",
-    "tradier": "TRADIER_BASE_URL",
-    "tastytrade": "TASTYTRADE_URL",
+    "agentexchange": ("AGENTEXCHANGE_WS_URL", "AGENTSTREAM_BASE_URL"),
+    "tradier": ("TRADIER_BASE_URL",),
+    "tastytrade": ("TASTYTRADE_URL",),
 }
 CREDENTIAL_ENV = {
     "agentexchange": "AGENTEXCHANGE_API_KEY",
@@ -210,11 +211,7 @@ def resolve_options(
     return TailOptions(
         venue=venue,
         channels=parsed,
-        # AgentExchange: the client's own AGENTSTREAM_BASE_URL is honoured too.
-        url=url
-        or env.get(URL_ENV[venue])
-        or (env.get("AGENTSTREAM_BASE_URL") if venue == "agentexchange" else None)
-        or DEFAULT_URLS[venue],
+        url=url or next(filter(None, map(env.get, URL_ENV[venue])), DEFAULT_URLS[venue]),
         credential=credential or env.get(CREDENTIAL_ENV[venue]) or DEMO_CREDENTIALS[venue],
         account=account or env.get(ACCOUNT_ENV.get(venue, "")) or DEMO_ACCOUNTS.get(venue),
         json=json,
